@@ -1,0 +1,146 @@
+"""Plumbing shared by the skorch-based estimators: devices, precision, batches, persistence.
+
+Every torch estimator in dp_sklearn mixes :class:`TorchEstimatorMixin` in front of a
+skorch ``NeuralNet`` subclass. The mixin adds what skorch leaves to the user:
+
+* ``device="auto"``: resolved to CUDA or CPU on each call, while the parameter keeps the
+  user's value (so ``get_params``/``clone`` and pickles stay device independent);
+* mixed precision on CUDA (bfloat16 autocast, no gradient scaler needed) and
+  ``channels_last`` memory format;
+* batches given as dicts from :class:`~dp_sklearn.data.dataset.XRayDataset` moved to the
+  device with their masks, and augmented there;
+* pinned memory and worker processes for loading;
+* a fitted CUDA model that unpickles on a CPU-only machine.
+
+Subclasses implement ``prepare_batch`` (what the module receives) and ``get_loss``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import numpy as np
+import torch
+
+from ..data.dataset import XRayDataset
+from ..utils.device import autocast, resolve_device, resolve_precision, seed_everything
+from ..utils.validation import check_images, check_masks
+
+
+def _as_size(image_size):
+    if image_size is None:
+        return None
+    if np.isscalar(image_size):
+        return (int(image_size), int(image_size))
+    return tuple(int(s) for s in image_size)
+
+
+class TorchEstimatorMixin:
+    """Shared behaviour of dp_sklearn's skorch estimators (see the module docstring)."""
+
+    # ------------------------------------------------------------------ device
+    @contextlib.contextmanager
+    def _resolved_device(self):
+        """Let skorch see a concrete device while the ``device`` parameter keeps e.g. ``"auto"``."""
+        requested = self.__dict__.get("device", "auto")
+        self.__dict__["device"] = resolve_device(requested)
+        try:
+            yield self.__dict__["device"]
+        finally:
+            self.__dict__["device"] = requested
+
+    def initialize(self):
+        with self._resolved_device() as device:
+            seed_everything(self.random_state)
+            super().initialize()
+            self.device_ = device
+            self.amp_dtype_ = resolve_precision(getattr(self, "precision", "auto"), device)
+            if device.startswith("cuda"):
+                # channels_last lets cuDNN pick NHWC convolution kernels, faster under bf16.
+                self.module_.to(memory_format=torch.channels_last)
+        return self
+
+    def partial_fit(self, X, y=None, classes=None, **fit_params):
+        with self._resolved_device():
+            return super().partial_fit(X, y, classes=classes, **fit_params)
+
+    def forward_iter(self, X, training=False, device="cpu"):
+        with self._resolved_device():
+            yield from super().forward_iter(X, training=training, device=device)
+
+    def load_params(self, *args, **kwargs):
+        with self._resolved_device():
+            return super().load_params(*args, **kwargs)
+
+    def __setstate__(self, state):
+        # skorch maps tensors to state["device"]; give it a concrete device that exists here.
+        requested = state.get("device", "auto")
+        if requested in (None, "auto"):
+            state["device"] = resolve_device("auto")
+        super().__setstate__(state)
+        if requested in (None, "auto"):
+            self.__dict__["device"] = requested
+            if "device_" in self.__dict__:
+                self.device_ = resolve_device("auto")
+                self.amp_dtype_ = resolve_precision(getattr(self, "precision", "auto"), self.device_)
+
+    # ------------------------------------------------------------------ data
+    def _image_size(self):
+        return _as_size(getattr(self, "image_size", None))
+
+    def _check_inputs(self, X, masks=None):
+        """Validate images (array or paths) and masks; returns ``(images, masks, available)``."""
+        images = check_images(X, min_samples=1)
+        if isinstance(images, list):  # paths: masks may be paths too, or arrays of the working size
+            if masks is None:
+                return images, None, np.zeros(len(images), dtype=bool)
+            if isinstance(masks, (list, tuple)) and all(m is None or isinstance(m, str) for m in masks):
+                if len(masks) != len(images):
+                    raise ValueError(f"masks has {len(masks)} entries but there are {len(images)} images.")
+                return images, list(masks), np.array([m is not None for m in masks])
+            masks, available = check_masks(masks, len(images), self._image_size())
+            return images, masks, available
+        masks, available = check_masks(masks, len(images), images.shape[1:])
+        return images, masks, available
+
+    def _make_dataset(self, images, y=None, masks=None, mask_available=None):
+        return XRayDataset(images, y=y, masks=masks, mask_available=mask_available, image_size=self._image_size())
+
+    def get_iterator(self, dataset, training=False):
+        prefix = "iterator_train" if training else "iterator_valid"
+        kwargs = self.get_params_for(prefix)
+        kwargs.setdefault("batch_size", self.batch_size if self.batch_size != -1 else len(dataset))
+        num_workers = getattr(self, "num_workers", 0) or 0
+        kwargs.setdefault("num_workers", num_workers)
+        if num_workers > 0:
+            kwargs.setdefault("persistent_workers", False)
+        # Pinned host memory makes the host-to-GPU copy asynchronous (non_blocking=True below).
+        kwargs.setdefault("pin_memory", str(self.device_).startswith("cuda"))
+        if training and getattr(self, "drop_last", False):
+            kwargs.setdefault("drop_last", len(dataset) > kwargs["batch_size"])
+        iterator = self.iterator_train if training else self.iterator_valid
+        return iterator(dataset, **kwargs)
+
+    def _to_device(self, batch: dict) -> dict:
+        out = {}
+        for key, value in batch.items():
+            if isinstance(value, torch.Tensor):
+                value = value.to(self.device_, non_blocking=True)
+                if value.ndim == 4 and self.device_.startswith("cuda"):
+                    value = value.contiguous(memory_format=torch.channels_last)
+            out[key] = value
+        return out
+
+    # ------------------------------------------------------------------ steps
+    def prepare_batch(self, batch: dict, training: bool) -> dict:
+        """Return the keyword arguments for ``module_.forward`` from a batch on the device."""
+        raise NotImplementedError
+
+    def infer(self, x, **fit_params):
+        batch = self._to_device(x)
+        kwargs = self.prepare_batch(batch, training=self.module_.training)
+        with autocast(self.device_, self.amp_dtype_):
+            return self.module_(**kwargs)
+
+    def get_loss(self, y_pred, y_true, X=None, training=False):
+        raise NotImplementedError

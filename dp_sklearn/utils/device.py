@@ -1,0 +1,82 @@
+"""Device, precision and seeding choices shared by every torch estimator."""
+
+from __future__ import annotations
+
+import contextlib
+import random
+
+import numpy as np
+import torch
+
+_VALID_DEVICES = ("auto", "cpu", "cuda")
+
+
+def resolve_device(device="auto") -> str:
+    """Turn the user's ``device`` argument into a concrete torch device string.
+
+    Parameters
+    ----------
+    device : {"auto", "cpu", "cuda"} or str or torch.device
+        ``"auto"`` picks ``"cuda"`` when a CUDA device is present, else ``"cpu"``.
+        Indexed devices such as ``"cuda:1"`` pass through.
+
+    Returns
+    -------
+    str
+
+    Examples
+    --------
+    >>> resolve_device("cpu")
+    'cpu'
+    """
+    if device is None or device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if isinstance(device, torch.device):
+        device = str(device)
+    if not isinstance(device, str) or device.split(":")[0] not in ("cpu", "cuda"):
+        raise ValueError(f"device must be one of {_VALID_DEVICES} (or 'cuda:N'), got {device!r}.")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device={device!r} was requested but no CUDA device is available; use device='auto'.")
+    return device
+
+
+def resolve_precision(precision, device: str):
+    """Return the autocast dtype for ``precision`` on ``device``, or ``None`` for float32.
+
+    ``"auto"`` means bfloat16 autocast on CUDA devices that support it (no gradient
+    scaler needed, unlike float16) and float32 on CPU, where autocast brings no speed.
+    """
+    if precision not in ("auto", "float32", "bfloat16", "float16"):
+        raise ValueError(f"precision must be 'auto', 'float32', 'bfloat16' or 'float16', got {precision!r}.")
+    on_cuda = device.startswith("cuda")
+    if precision == "auto":
+        return torch.bfloat16 if on_cuda and torch.cuda.is_bf16_supported() else None
+    if precision == "float32":
+        return None
+    if not on_cuda:
+        raise ValueError(f"precision={precision!r} needs a CUDA device; use 'float32' or 'auto' on {device}.")
+    return torch.bfloat16 if precision == "bfloat16" else torch.float16
+
+
+def autocast(device: str, dtype):
+    """An autocast context for ``dtype`` on ``device``, or a no-op context for float32."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.split(":")[0], dtype=dtype)
+
+
+def seed_everything(random_state) -> int | None:
+    """Seed python, numpy and torch from ``random_state`` (int, RandomState or None).
+
+    Returns the integer seed used, or ``None`` when ``random_state`` is None (no seeding).
+    """
+    if random_state is None:
+        return None
+    if isinstance(random_state, np.random.RandomState):
+        seed = int(random_state.randint(0, 2**31 - 1))
+    else:
+        seed = int(random_state)
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+    return seed
