@@ -17,7 +17,7 @@ import sklearn
 import torch
 import torch.nn.functional as F
 from imblearn.over_sampling import SMOTE, RandomOverSampler
-from sklearn.base import BaseEstimator, ClassifierMixin, clone
+from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.datasets import make_classification
 from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.linear_model import LogisticRegression
@@ -332,6 +332,31 @@ def test_last_layer_bias_prior_and_no_weight_decay():
     opt.step()  # only weight decay acts
     torch.testing.assert_close(net[2].bias.data, b0)
     torch.testing.assert_close(net[2].weight.data, 0.5 * w0)
+
+
+def test_loss_as_skorch_criterion_with_bias_prior_and_no_bias_decay():
+    from functools import partial
+
+    from skorch import NeuralNetClassifier
+
+    rng = np.random.default_rng(0)
+    y = np.repeat([0, 1, 2], [40, 12, 4])
+    X = (rng.normal(size=(56, 6)) + y[:, None]).astype(np.float32)
+    module = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3))
+    init_last_layer_bias(module[2], "focal")
+    net = NeuralNetClassifier(
+        module, criterion=ClassBalancedLoss, criterion__loss_type="focal",
+        criterion__samples_per_class=np.bincount(y).tolist(),
+        predict_nonlinearity=partial(torch.softmax, dim=-1),
+        optimizer=torch.optim.SGD, optimizer__weight_decay=1e-2,
+        optimizer__param_groups=[(last_linear_bias_name(module), {"weight_decay": 0.0})],
+        max_epochs=2, train_split=None, verbose=0,
+    ).fit(X, y)
+    assert [g["weight_decay"] for g in net.optimizer_.param_groups] == [0.0, 1e-2]
+    np.testing.assert_allclose(net.predict_proba(X).sum(axis=1), 1.0, rtol=1e-5)
+    np.testing.assert_allclose(
+        net.criterion_.weight.numpy(), closed_form([40, 12, 4], 0.999), rtol=1e-6
+    )
 
 
 # -------------------------------------------------------------- meta-estimator

@@ -380,6 +380,18 @@ class ClassBalancedLoss(nn.Module):
       :math:`(N, C)` multi-label indicator in :math:`[0, 1]`.
     - output: scalar.
 
+    Notes
+    -----
+    As a skorch criterion: ``NeuralNetClassifier(module, criterion=ClassBalancedLoss,
+    criterion__loss_type="softmax", criterion__samples_per_class=counts, ...)``. skorch
+    applies a softmax in ``predict_proba`` only for its own cross-entropy criteria, so
+    also pass ``predict_nonlinearity=functools.partial(torch.softmax, dim=-1)``
+    (softmax variant) or ``torch.sigmoid`` (sigmoid/focal, one-vs-all scores that do
+    not sum to one). Pair the sigmoid/focal variants with
+    :func:`init_last_layer_bias` and :func:`param_groups_without_bias_decay` (or
+    skorch's ``optimizer__param_groups`` with :func:`last_linear_bias_name`), as in
+    the paper.
+
     Examples
     --------
     >>> import torch
