@@ -194,3 +194,213 @@ class _SumLoss(nn.Module):
 
     def forward(self, logits, target, valid=None):
         return sum(loss(logits, target, valid) for loss in self.losses)
+
+
+# ------------------------------------------------------------------ contrastive regulation
+
+
+def lesion_contrastive_pairs(labels, has_mask, background_valid=None):
+    """Positive and valid pairs of the lesion contrastive regulation.
+
+    The features of a batch of ``N`` images, ``K`` of which have a mask, are stacked as
+    ``[f (N), f_L (K), f_B (K)]``: whole-image features ``pool(F * A)``, lesion features
+    ``pool(F * M)`` and background features ``pool(F * (1 - M))``. Pairs ``(i, j)``, ``i != j``:
+
+    - **positive**: two non-background features of the same class at least one of which is a
+      lesion feature: ``f`` and ``f_L`` of the same image, ``f_L`` of images of the same class,
+      and ``f`` with the lesion features of its class;
+    - **negative**: a background feature with anything, and features of different classes;
+    - **ignored**: two whole-image features of the same class (the regulation pulls images
+      towards lesion evidence, it does not cluster whole images among themselves), and
+      background features whose mask covers the whole grid (``background_valid`` False).
+
+    Background features are never anchors (they have no positive); they only sit in the
+    denominators.
+
+    Parameters
+    ----------
+    labels : torch.Tensor of shape (N,), int
+    has_mask : torch.Tensor of shape (N,), bool
+    background_valid : torch.Tensor of shape (K,), bool, optional
+
+    Returns
+    -------
+    positive, valid : torch.Tensor of shape (N + 2K, N + 2K), bool
+        ``valid`` holds the pairs that enter the denominator (positives included).
+
+    Examples
+    --------
+    >>> import torch
+    >>> pos, valid = lesion_contrastive_pairs(torch.tensor([0, 1, 0]), torch.tensor([True, False, False]))
+    >>> pos.int().tolist()   # order: f0 f1 f2 fL0 fB0
+    [[0, 0, 0, 1, 0], [0, 0, 0, 0, 0], [0, 0, 0, 1, 0], [1, 0, 1, 0, 0], [0, 0, 0, 0, 0]]
+    >>> valid.int()[0].tolist()   # f0: f1 (other class) and fB0 negative, f2 ignored, fL0 positive
+    [0, 1, 0, 1, 1]
+    """
+    labels = labels.reshape(-1).long()
+    has_mask = has_mask.reshape(-1).bool()
+    n, k = labels.shape[0], int(has_mask.sum())
+    device = labels.device
+    kind = torch.cat([
+        torch.zeros(n, dtype=torch.long, device=device),      # 0: whole image
+        torch.ones(k, dtype=torch.long, device=device),       # 1: lesion
+        torch.full((k,), 2, dtype=torch.long, device=device),  # 2: background
+    ])
+    lab = torch.cat([labels, labels[has_mask], labels[has_mask]])
+    present = torch.ones(n + 2 * k, dtype=torch.bool, device=device)
+    if background_valid is not None and k:
+        present[n + k:] = background_valid.reshape(-1).bool().to(device)
+    not_self = ~torch.eye(n + 2 * k, dtype=torch.bool, device=device)
+    fg = kind != 2
+    same = lab[:, None] == lab[None, :]
+    lesion_in_pair = (kind[:, None] == 1) | (kind[None, :] == 1)
+    positive = not_self & fg[:, None] & fg[None, :] & same & lesion_in_pair
+    both_whole_same = (kind[:, None] == 0) & (kind[None, :] == 0) & same
+    valid = not_self & ~both_whole_same & present[:, None] & present[None, :]
+    positive &= valid
+    return positive, valid
+
+
+def masked_supcon(features, positive, valid, temperature=0.1):
+    """Supervised contrastive loss with explicit pair masks (Khosla et al., NeurIPS 2020, Eq. 2).
+
+    .. math::
+
+        L = \\frac{1}{|I|} \\sum_{i \\in I} \\frac{-1}{|P(i)|} \\sum_{p \\in P(i)}
+            \\log \\frac{\\exp(z_i \\cdot z_p / \\tau)}{\\sum_{a \\in A(i)} \\exp(z_i \\cdot z_a / \\tau)},
+
+    with :math:`P(i)` the positives of anchor :math:`i` (``positive[i]``), :math:`A(i)` its valid
+    pairs (``valid[i]``, positives included) and :math:`I` the anchors with at least one
+    positive. Features should be L2-normalised; computed in float32.
+
+    Shapes: features ``(M, D)``; positive, valid ``(M, M)`` bool; output scalar (an exact zero
+    with a graph when no anchor has a positive).
+    """
+    z = features.float()
+    logits = z @ z.T / temperature
+    valid = valid & ~torch.eye(len(z), dtype=torch.bool, device=z.device)
+    positive = positive & valid
+    anchors = positive.any(1)
+    if not bool(anchors.any()):
+        return z.sum() * 0.0
+    logits = logits.masked_fill(~valid, float("-inf"))
+    log_prob = logits - torch.logsumexp(logits, dim=1, keepdim=True)
+    log_prob = torch.where(positive, log_prob, torch.zeros_like(log_prob))
+    per_anchor = -log_prob.sum(1)[anchors] / positive.sum(1)[anchors]
+    return per_anchor.mean()
+
+
+class LesionContrastiveLoss(nn.Module):
+    """Contrastive regulation of whole-image, lesion and background features.
+
+    Deep Pneumonia's "feature learning with contrastive regulation" (reconstructed): a
+    supervised-contrastive loss (Khosla et al., "Supervised Contrastive Learning", NeurIPS 2020)
+    over ``[f, f_L, f_B]`` with the pairs of :func:`lesion_contrastive_pairs`: each image's
+    feature is pulled towards its own lesion feature and the lesion features of its class,
+    and pushed away from background features and other classes' lesions, so that the
+    representation concentrates on lesion evidence.
+
+    Parameters
+    ----------
+    temperature : float, default=0.1
+        :math:`\\tau`.
+    supcon : nn.Module or None, default=None
+        The project's general supervised-contrastive module taking ``(features, positive,
+        valid)``; :func:`masked_supcon` when None.
+
+    Shape
+    -----
+    - z: :math:`(N, D)`, z_lesion and z_background: :math:`(K, D)`, L2-normalised.
+    - labels: :math:`(N,)` int; has_mask: :math:`(N,)` bool with ``K`` True entries.
+    - output: scalar (0 when no image of the batch has a mask).
+    """
+
+    def __init__(self, temperature: float = 0.1, supcon=None):
+        super().__init__()
+        if not isinstance(temperature, (int, float)) or temperature <= 0:
+            raise ValueError(f"temperature must be a positive float, got {temperature!r}.")
+        self.temperature = float(temperature)
+        self.supcon = supcon
+
+    def forward(self, z, z_lesion, z_background, labels, has_mask, background_valid=None):
+        if z_lesion.shape[0] == 0:
+            return z.sum() * 0.0
+        positive, valid = lesion_contrastive_pairs(labels, has_mask, background_valid)
+        feats = torch.cat([z, z_lesion, z_background]).float()
+        if self.supcon is not None:
+            return self.supcon(feats, positive, valid)
+        return masked_supcon(feats, positive, valid, self.temperature)
+
+    def extra_repr(self):
+        return f"temperature={self.temperature}"
+
+
+# ------------------------------------------------------------------ the full objective
+
+
+class MaskAttentionLoss(nn.Module):
+    """Classification + ``attention_weight`` x alignment + ``contrastive_weight`` x contrastive.
+
+    .. math::
+
+        L = L_{cls}(\\text{logits}, y) + \\lambda_{att} L_{align}(a, M)
+            + \\lambda_{con} L_{con}(f, f_L, f_B),
+
+    the objective of :class:`~dp_sklearn.estimators.mask_attention.MaskAttentionClassifier`.
+    The mask terms use only the samples that have a mask (``aux["has_mask"]``); a weight of 0
+    skips its term entirely (it is not even computed).
+
+    Parameters
+    ----------
+    classification : nn.Module
+        Loss of ``(logits, target)`` with mean reduction, e.g.
+        :class:`~dp_sklearn.losses.class_balanced.ClassBalancedLoss` or ``nn.CrossEntropyLoss``.
+    alignment : nn.Module or str, default="dice"
+        See :func:`make_alignment_loss`.
+    contrastive : nn.Module or None, default=None
+        A :class:`LesionContrastiveLoss`; a default one when None.
+    attention_weight, contrastive_weight : float >= 0
+        :math:`\\lambda_{att}` and :math:`\\lambda_{con}`.
+
+    Notes
+    -----
+    ``forward(logits, aux, target, sample_weight=None)`` returns ``(total, terms)`` where
+    ``terms`` maps ``"cls_loss"``, ``"align_loss"``, ``"contrast_loss"`` to detached scalars.
+    ``aux`` is the dict returned by :class:`~dp_sklearn.nn.attention.MaskAttentionNet`.
+    ``sample_weight`` ``(N,)`` multiplies each sample's classification loss (the batch loss is
+    then ``sum_n s_n l_n / N``); it does not weight the mask terms.
+    """
+
+    def __init__(self, classification, alignment="dice", contrastive=None, attention_weight=1.0, contrastive_weight=0.1):
+        super().__init__()
+        self.classification = classification
+        self.alignment = make_alignment_loss(alignment)
+        self.contrastive = LesionContrastiveLoss() if contrastive is None else contrastive
+        self.attention_weight = float(attention_weight)
+        self.contrastive_weight = float(contrastive_weight)
+
+    def _classification(self, logits, target, sample_weight):
+        if sample_weight is None:
+            return self.classification(logits, target)
+        # Each one-sample call returns that sample's loss l_n exactly (mean over one sample).
+        losses = torch.stack([self.classification(logits[i:i + 1], target[i:i + 1]) for i in range(len(logits))])
+        return (losses * sample_weight.to(losses)).sum() / max(len(logits), 1)
+
+    def forward(self, logits, aux, target, sample_weight=None):
+        aux = aux or {}
+        cls = self._classification(logits.float(), target, sample_weight)
+        total, zero = cls, cls.detach() * 0.0
+        terms = {"cls_loss": cls.detach(), "align_loss": zero, "contrast_loss": zero}
+        if "mask_grid" in aux:
+            has = aux["has_mask"]
+            if self.attention_weight > 0:
+                align = self.alignment(aux["attention_logits"], aux["mask_grid"], has)
+                total = total + self.attention_weight * align
+                terms["align_loss"] = align.detach()
+            if self.contrastive_weight > 0 and "z" in aux:
+                con = self.contrastive(
+                    aux["z"], aux["z_lesion"], aux["z_background"], target.reshape(-1), has, aux.get("background_valid")
+                )
+                total = total + self.contrastive_weight * con
+                terms["contrast_loss"] = con.detach()
+        return total, terms
