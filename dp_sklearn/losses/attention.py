@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .contrastive import SupConLoss
+
 __all__ = ["ALIGNMENT_LOSSES", "AttentionBCELoss", "AttentionDiceLoss", "make_alignment_loss"]
 
 
@@ -261,35 +263,6 @@ def lesion_contrastive_pairs(labels, has_mask, background_valid=None):
     return positive, valid
 
 
-def masked_supcon(features, positive, valid, temperature=0.1):
-    """Supervised contrastive loss with explicit pair masks (Khosla et al., NeurIPS 2020, Eq. 2).
-
-    .. math::
-
-        L = \\frac{1}{|I|} \\sum_{i \\in I} \\frac{-1}{|P(i)|} \\sum_{p \\in P(i)}
-            \\log \\frac{\\exp(z_i \\cdot z_p / \\tau)}{\\sum_{a \\in A(i)} \\exp(z_i \\cdot z_a / \\tau)},
-
-    with :math:`P(i)` the positives of anchor :math:`i` (``positive[i]``), :math:`A(i)` its valid
-    pairs (``valid[i]``, positives included) and :math:`I` the anchors with at least one
-    positive. Features should be L2-normalised; computed in float32.
-
-    Shapes: features ``(M, D)``; positive, valid ``(M, M)`` bool; output scalar (an exact zero
-    with a graph when no anchor has a positive).
-    """
-    z = features.float()
-    logits = z @ z.T / temperature
-    valid = valid & ~torch.eye(len(z), dtype=torch.bool, device=z.device)
-    positive = positive & valid
-    anchors = positive.any(1)
-    if not bool(anchors.any()):
-        return z.sum() * 0.0
-    logits = logits.masked_fill(~valid, float("-inf"))
-    log_prob = logits - torch.logsumexp(logits, dim=1, keepdim=True)
-    log_prob = torch.where(positive, log_prob, torch.zeros_like(log_prob))
-    per_anchor = -log_prob.sum(1)[anchors] / positive.sum(1)[anchors]
-    return per_anchor.mean()
-
-
 class LesionContrastiveLoss(nn.Module):
     """Contrastive regulation of whole-image, lesion and background features.
 
@@ -303,10 +276,10 @@ class LesionContrastiveLoss(nn.Module):
     Parameters
     ----------
     temperature : float, default=0.1
-        :math:`\\tau`.
-    supcon : nn.Module or None, default=None
-        The project's general supervised-contrastive module taking ``(features, positive,
-        valid)``; :func:`masked_supcon` when None.
+        :math:`\\tau` of the :class:`~dp_sklearn.losses.contrastive.SupConLoss` that computes
+        the loss (the same module as the pre-training's supervised variant), with
+        ``positive_mask`` and ``valid_mask`` from :func:`lesion_contrastive_pairs` and the
+        non-background rows as anchors.
 
     Shape
     -----
@@ -315,21 +288,19 @@ class LesionContrastiveLoss(nn.Module):
     - output: scalar (0 when no image of the batch has a mask).
     """
 
-    def __init__(self, temperature: float = 0.1, supcon=None):
+    def __init__(self, temperature: float = 0.1):
         super().__init__()
-        if not isinstance(temperature, (int, float)) or temperature <= 0:
-            raise ValueError(f"temperature must be a positive float, got {temperature!r}.")
-        self.temperature = float(temperature)
-        self.supcon = supcon
+        self.supcon = SupConLoss(temperature=temperature)
+        self.temperature = self.supcon.temperature
 
     def forward(self, z, z_lesion, z_background, labels, has_mask, background_valid=None):
         if z_lesion.shape[0] == 0:
             return z.sum() * 0.0
         positive, valid = lesion_contrastive_pairs(labels, has_mask, background_valid)
         feats = torch.cat([z, z_lesion, z_background]).float()
-        if self.supcon is not None:
-            return self.supcon(feats, positive, valid)
-        return masked_supcon(feats, positive, valid, self.temperature)
+        anchors = torch.ones(len(feats), dtype=torch.bool, device=feats.device)
+        anchors[len(z) + len(z_lesion):] = False  # background features are never anchors
+        return self.supcon(feats, positive_mask=positive, valid_mask=valid, anchor_mask=anchors)
 
     def extra_repr(self):
         return f"temperature={self.temperature}"
