@@ -51,6 +51,7 @@ database lock); do not share an SQLite file over a network file system.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -304,10 +305,13 @@ def _check_param_names(names, estimator):
 
 def _dry_run(space, estimator):
     """Call ``space`` once on a throw-away in-memory trial and check the names it returns."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    old_verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
         study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
-    params = space(study.ask())
+        params = space(study.ask())
+    finally:
+        optuna.logging.set_verbosity(old_verbosity)
     if not isinstance(params, Mapping):
         raise TypeError(f"search_space(trial) must return a dict of parameters, got {type(params).__name__}.")
     _check_param_names(params, estimator)
@@ -325,7 +329,8 @@ def make_storage(storage=None, *, heartbeat_interval=60, grace_period=None, max_
     storage : None, str, path-like or optuna.storages.BaseStorage, default=None
         ``None``: the SQLite file :data:`DEFAULT_STORAGE_PATH` in the working directory. A
         string with ``"://"``: an SQLAlchemy URL (``sqlite:///f.sqlite3``,
-        ``postgresql://user:pw@host/db``). Another string or a path: an SQLite file (parent
+        ``postgresql://user:pw@host/db``; ``sqlite:///:memory:`` gives an
+        ``InMemoryStorage``, nothing persists). Another string or a path: an SQLite file (parent
         directories are created). A storage instance is returned unchanged.
     heartbeat_interval : int or None, default=60
         Seconds between heartbeats of a running trial; ``None`` switches heartbeats off (a
@@ -343,8 +348,12 @@ def make_storage(storage=None, *, heartbeat_interval=60, grace_period=None, max_
     Examples
     --------
     >>> from dp_sklearn.tuning import make_storage
-    >>> make_storage("sqlite:///:memory:").url
-    'sqlite:///:memory:'
+    >>> import os, tempfile
+    >>> path = os.path.join(tempfile.mkdtemp(), "study.sqlite3")
+    >>> make_storage(path).url == "sqlite:///" + os.path.realpath(path)
+    True
+    >>> type(make_storage("sqlite:///:memory:")).__name__  # heartbeats need a shared database
+    'InMemoryStorage'
     """
     if isinstance(storage, optuna.storages.BaseStorage):
         return storage
@@ -356,6 +365,10 @@ def make_storage(storage=None, *, heartbeat_interval=60, grace_period=None, max_
         url = f"sqlite:///{path}"
     elif isinstance(storage, str):
         url = storage
+        if url in ("sqlite://", "sqlite:///:memory:"):
+            # Every SQLAlchemy connection would see its own empty in-memory database (the
+            # heartbeat thread's too), so use Optuna's in-memory storage instead.
+            return optuna.storages.InMemoryStorage()
     else:
         raise TypeError(f"storage must be None, a URL, a path or an optuna storage, got {storage!r}.")
     engine_kwargs = {}
@@ -434,19 +447,43 @@ class SkorchHeldOutPruning(_SkorchCallback):
     step_offset : int, default=0
     record : list or None
         Epoch scores are appended here (for ``trial.user_attrs``).
+    classes : array-like or None
+        The training fold's classes (``np.unique(y_train)``), for nets that only know
+        ``classes_`` once ``fit`` returns.
     """
 
-    def __init__(self, trial, X_val, y_val, scorer, step_offset=0, record=None):
+    def __init__(self, trial, X_val, y_val, scorer, step_offset=0, record=None, classes=None):
         self.trial = trial
         self.X_val = X_val
         self.y_val = y_val
         self.scorer = scorer
         self.step_offset = step_offset
         self.record = record
+        self.classes = classes
+
+    @contextlib.contextmanager
+    def _predictable(self, net):
+        """Let ``net`` predict mid-``fit``.
+
+        dp_sklearn's MaskAttentionClassifier sets ``fitted_classes_`` (behind ``classes_``
+        and its ``predict_proba`` check) only when ``fit`` returns; while the epochs run, the
+        training fold's classes are put there for the time of the scoring and removed again.
+        """
+        added = False
+        if (self.classes is not None and "fitted_classes_" not in net.__dict__
+                and isinstance(getattr(type(net), "classes_", None), property)):
+            net.__dict__["fitted_classes_"] = np.asarray(self.classes)
+            added = True
+        try:
+            yield
+        finally:
+            if added:
+                net.__dict__.pop("fitted_classes_", None)
 
     def on_epoch_end(self, net, **kwargs):
         epoch = len(net.history) - 1
-        score = float(self.scorer(net, self.X_val, self.y_val))
+        with self._predictable(net):
+            score = float(self.scorer(net, self.X_val, self.y_val))
         net.history.record("tune_score", score)
         if self.record is not None:
             self.record.append(score)
@@ -708,7 +745,7 @@ def _run_study(
                 p = est.get_params()
                 record = []
                 offset = fold * int(p[net_path + "max_epochs"])
-                cb = SkorchHeldOutPruning(trial, X_te, y_te, scorer, offset, record)
+                cb = SkorchHeldOutPruning(trial, X_te, y_te, scorer, offset, record, np.unique(y_tr))
                 existing = list(p[net_path + "callbacks"] or [])
                 est.set_params(**{net_path + "callbacks": [*existing, ("optuna_pruning", cb)]})
                 epoch_scores.append(record)
