@@ -34,6 +34,15 @@ def test_seeded_generator_is_deterministic():
     assert not torch.equal(a[0], c[0])
 
 
+def test_global_rng_is_seeded_by_manual_seed():
+    x = torch.rand(3, 1, 24, 24, generator=_gen(1))
+    aug = RadiographAugment()
+    torch.manual_seed(11)
+    a = aug(x)
+    torch.manual_seed(11)
+    assert torch.equal(a, aug(x))
+
+
 def test_samples_get_different_parameters():
     x = torch.rand(1, 1, 32, 32, generator=_gen(1)).expand(4, 1, 32, 32)
     out = RadiographAugment()(x, generator=_gen(0))
