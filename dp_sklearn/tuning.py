@@ -385,9 +385,21 @@ def make_storage(storage=None, *, heartbeat_interval=60, grace_period=None, max_
             grace_period=None if grace_period is None else int(grace_period),
             heartbeat_stale_trial_callback=_retry_callback(max_retry),
         )
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
+    # Workers started together on a fresh database race to create Optuna's tables (PostgreSQL:
+    # "duplicate key value violates unique constraint ... studydirection"); the loser retries
+    # and then finds the tables made.
+    import sqlalchemy.exc
+
+    for attempt in range(5):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError,
+                sqlalchemy.exc.OperationalError):
+            if attempt == 4:
+                raise
+            time.sleep(0.5 * (attempt + 1))
 
 
 def _retry_callback(max_retry):

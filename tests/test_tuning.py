@@ -378,17 +378,17 @@ def test_mask_attention_study_on_cxr1k_16px(tmp_path):
 
     data = load_cxr1k(image_size=16)
     rng = np.random.RandomState(0)
-    # 60 images, 20 per class, half of them annotated where the class has masks.
+    # 36 images, 12 per class, half of them annotated where the class has masks.
     idx = []
     for c in range(3):
         annotated = np.flatnonzero((data.target == c) & data.mask_available)
         plain = np.flatnonzero((data.target == c) & ~data.mask_available)
-        k = min(10, len(annotated))
-        idx += list(rng.choice(annotated, k, replace=False)) + list(rng.choice(plain, 20 - k, replace=False))
+        k = min(6, len(annotated))
+        idx += list(rng.choice(annotated, k, replace=False)) + list(rng.choice(plain, 12 - k, replace=False))
     idx = np.sort(idx)
     X, y, masks, groups = data.images[idx], data.target[idx], data.masks[idx], data.groups[idx]
-    assert masks.any(axis=(1, 2)).sum() >= 10
-    est = mod.MaskAttentionClassifier(backbone="resnet10t", image_size=16, max_epochs=2, batch_size=16,
+    assert masks.any(axis=(1, 2)).sum() >= 6
+    est = mod.MaskAttentionClassifier(backbone="resnet10t", image_size=16, max_epochs=2, batch_size=32,
                                       augment=False, device="cpu", random_state=0, verbose=0)
     res = tune(est, X, y, masks=masks, groups=groups, cv=2, n_trials=2, storage=tmp_path / "ma.sqlite3",
                study_name="ma", verbose=0, refit=False)
@@ -401,3 +401,83 @@ def test_mask_attention_study_on_cxr1k_16px(tmp_path):
         assert [s[-1] for s in t.user_attrs["epoch_scores"]] == pytest.approx(t.user_attrs["fold_scores"])
         assert 0.0 <= t.value <= 1.0
     assert res.best_score_ == res.study.best_value
+
+
+# ----------------------------------------------------------------------------- PostgreSQL
+
+
+def _find_pg_tool(name):
+    import glob
+    import shutil
+
+    found = shutil.which(name)
+    if found:
+        return found
+    candidates = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))
+    return candidates[-1] if candidates else None
+
+
+@pytest.fixture
+def postgres_url():
+    """A throw-away PostgreSQL server on a Unix socket; skipped without initdb or psycopg2."""
+    import shutil
+    import tempfile
+
+    pytest.importorskip("psycopg2")
+    initdb, pg_ctl = _find_pg_tool("initdb"), _find_pg_tool("pg_ctl")
+    if not (initdb and pg_ctl):
+        pytest.skip("PostgreSQL server binaries (initdb, pg_ctl) not found")
+    root = tempfile.mkdtemp(prefix="dp_sklearn_pg_")
+    run_as = []
+    if os.geteuid() == 0:  # postgres refuses to run as root
+        import pwd
+
+        try:
+            user = pwd.getpwnam("postgres")
+        except KeyError:
+            pytest.skip("running as root and there is no 'postgres' user to run the server")
+        os.chown(root, user.pw_uid, user.pw_gid)
+        run_as = ["runuser", "-u", "postgres", "--"]
+    data, port = os.path.join(root, "data"), str(55432 + os.getpid() % 1000)
+    try:
+        subprocess.run([*run_as, initdb, "-D", data, "-A", "trust", "-U", "postgres"],
+                       check=True, capture_output=True, timeout=120)
+        subprocess.run([*run_as, pg_ctl, "-D", data, "-w", "-l", os.path.join(root, "log"),
+                        "-o", f"-p {port} -k {root} -c listen_addresses=''", "start"],
+                       check=True, capture_output=True, timeout=120)
+    except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as e:
+        shutil.rmtree(root, ignore_errors=True)
+        pytest.skip(f"could not start a PostgreSQL server: {e}")
+    try:
+        yield f"postgresql+psycopg2://postgres@/postgres?host={root}&port={port}"
+    finally:
+        subprocess.run([*run_as, pg_ctl, "-D", data, "-m", "immediate", "stop"], capture_output=True, timeout=60)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+WORKER = textwrap.dedent("""
+    import sys
+    from sklearn.datasets import make_classification
+    from sklearn.linear_model import LogisticRegression
+    from dp_sklearn.estimators.class_balanced import ClassBalancedWeighting
+    from dp_sklearn.tuning import tune
+
+    X, y = make_classification(n_samples=90, n_features=8, weights=[0.75], class_sep=1.5, random_state=0)
+    tune(ClassBalancedWeighting(LogisticRegression()), X, y, n_trials_total=8, cv=2, storage=sys.argv[1],
+         study_name="shared", random_state=int(sys.argv[2]), verbose=1, refit=False)
+""")
+
+
+def test_two_workers_share_one_postgresql_study(postgres_url):
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+    workers = [subprocess.Popen([sys.executable, "-c", WORKER, postgres_url, str(seed)], cwd=REPO, env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for seed in (1, 2)]
+    outputs = [w.communicate(timeout=300) for w in workers]
+    for w, (out, err) in zip(workers, outputs):
+        assert w.returncode == 0, err
+    study = optuna.load_study(study_name="shared", storage=make_storage(postgres_url))
+    finished = [t for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    # Both workers stop once the shared study holds 8 finished trials (a trial running in the
+    # other worker at that moment still finishes).
+    assert 8 <= len(finished) <= 9
+    assert all(out.count("[tune] trial") >= 1 for out, _ in outputs)
