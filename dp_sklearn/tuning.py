@@ -462,6 +462,24 @@ class SkorchHeldOutPruning(_SkorchCallback):
     classes : array-like or None
         The training fold's classes (``np.unique(y_train)``), for nets that only know
         ``classes_`` once ``fit`` returns.
+
+    Examples
+    --------
+    >>> import numpy as np, optuna, torch
+    >>> from sklearn.datasets import make_classification
+    >>> from sklearn.metrics import get_scorer
+    >>> from skorch import NeuralNetClassifier
+    >>> from dp_sklearn.tuning import SkorchHeldOutPruning
+    >>> X, y = make_classification(n_samples=60, n_features=4, random_state=0)
+    >>> X, y = X.astype(np.float32), y.astype(np.int64)
+    >>> trial = optuna.create_study(direction="maximize").ask()
+    >>> cb = SkorchHeldOutPruning(trial, X[40:], y[40:], get_scorer("roc_auc"))
+    >>> net = NeuralNetClassifier(torch.nn.Linear, module__in_features=4, module__out_features=2,
+    ...                           criterion=torch.nn.CrossEntropyLoss, max_epochs=3, lr=0.1,
+    ...                           train_split=None, verbose=0, callbacks=[("prune", cb)])
+    >>> _ = net.fit(X[:40], y[:40])
+    >>> sorted(trial.study.trials[-1].intermediate_values)  # one report per epoch
+    [0, 1, 2]
     """
 
     def __init__(self, trial, X_val, y_val, scorer, step_offset=0, record=None, classes=None):
