@@ -17,6 +17,7 @@ _PUBLIC = {
     "ContrastivePretrainer": "dp_sklearn.estimators.pretrainer",
     "ClassBalancedWeighting": "dp_sklearn.estimators.class_balanced",
     "ClassBalancedSampler": "dp_sklearn.estimators.class_balanced",
+    "ImageResampler": "dp_sklearn.estimators.resampling",
     "ClassBalancedLoss": "dp_sklearn.losses.class_balanced",
     "class_balanced_weights": "dp_sklearn.losses.class_balanced",
     "class_balanced_sample_weight": "dp_sklearn.losses.class_balanced",

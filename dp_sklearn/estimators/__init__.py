@@ -9,6 +9,7 @@ _PUBLIC = {
     "ClassBalancedWeighting": ".class_balanced",
     "ClassBalancedSampler": ".class_balanced",
     "ClassBalancedBatchSampler": ".class_balanced",
+    "ImageResampler": ".resampling",
 }
 __all__ = sorted(_PUBLIC)
 
