@@ -421,8 +421,10 @@ def pointing_game(cams, masks, tolerance=0):
     """Pointing-game hits: does each map's maximum fall inside the mask (dilated by ``tolerance`` px)?
 
     Zhang et al., "Top-down Neural Attention by Excitation Backprop", ECCV 2016 (they use a
-    15 px tolerance at 224 px). Ties for the maximum are broken by the first pixel in raster
-    order.
+    15 px tolerance at 224 px). The point is the maximum; when the maximum is a plateau (a coarse
+    map upsampled bilinearly is flat around its border cells) the point is the pixel nearest to
+    the plateau's centroid, so that ties do not drift to the first pixel in raster order, i.e. to
+    the image's top-left corner.
 
     Returns
     -------
@@ -447,18 +449,21 @@ def pointing_game(cams, masks, tolerance=0):
     if m.shape != maps.shape:
         raise ValueError(f"masks have shape {m.shape} but the maps have {maps.shape}.")
     n, h, w = maps.shape
-    flat = maps.reshape(n, -1).argmax(1)
-    rows, cols = flat // w, flat % w
     hits = np.full(n, np.nan)
     for i in range(n):
         if not m[i].any():
             continue
+        top = maps[i].max()
+        tol = 1e-6 * max(1.0, abs(float(top)))
+        ys, xs = np.nonzero(maps[i] >= top - tol)
+        k = np.argmin((ys - ys.mean()) ** 2 + (xs - xs.mean()) ** 2)
+        row, col = ys[k], xs[k]
         mi = m[i]
         if tolerance > 0:
             r = int(tolerance)
             yy, xx = np.ogrid[-r:r + 1, -r:r + 1]
             mi = ndimage.binary_dilation(mi, structure=(yy ** 2 + xx ** 2) <= tolerance ** 2)
-        hits[i] = float(mi[rows[i], cols[i]])
+        hits[i] = float(mi[row, col])
     return hits
 
 

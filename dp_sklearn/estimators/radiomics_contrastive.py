@@ -553,7 +553,8 @@ class RadiomicsContrastiveClassifier(TorchEstimatorMixin, NeuralNetClassifier):
         x = batch["x"]
         if not training:
             return {"x": x}
-        x, _ = self.augmenter_(x, None)
+        aug = self.augmenter_(x, None)
+        x = aug[0] if isinstance(aug, tuple) else aug  # RadiographAugment returns images alone without masks
         out = {"x": x}
         cache = getattr(self, "_radiomics_cache", None)
         if cache is not None and self.contrastive_weight > 0:
