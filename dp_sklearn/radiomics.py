@@ -100,6 +100,7 @@ FEATURE_GROUPS = (("shape2D", SHAPE_NAMES), ("firstorder", FIRSTORDER_NAMES), ("
 FEATURE_NAMES = tuple(f"{g}_{n}" for g, names in FEATURE_GROUPS for n in names)
 
 _EPS = 2.2e-16  # PyRadiomics' eps in the entropy logarithms
+_TINY = torch.finfo(torch.float32).tiny  # guards divisions; representable in float32 and float64
 _GLCM_OFFSETS = ((0, 1), (1, 1), (1, 0), (1, -1))  # (dy, dx): 0, 45, 90, 135 degrees
 
 
@@ -181,8 +182,8 @@ def firstorder_features(images, masks, n_levels=32, intensity_range=(0.0, 1.0)):
     feats = torch.stack([
         energy, energy, entropy, pct[0.0], pct[0.1], pct[0.9], pct[1.0], mean, pct[0.5],
         pct[0.75] - pct[0.25], pct[1.0] - pct[0.0], (d.abs()).sum(1) / safe, rmad, torch.sqrt(energy / safe),
-        torch.where(flat, torch.zeros_like(m3), m3 / m2.clamp_min(1e-300) ** 1.5),
-        torch.where(flat, torch.zeros_like(m4), m4 / m2.clamp_min(1e-300) ** 2), m2, (p ** 2).sum(1),
+        torch.where(flat, torch.zeros_like(m3), m3 / m2.clamp_min(_TINY) ** 1.5),
+        torch.where(flat, torch.zeros_like(m4), m4 / m2.clamp_min(_TINY) ** 2), m2, (p ** 2).sum(1),
     ], 1)
     feats = torch.where((cnt > 0)[:, None], feats, nan[:, None].expand_as(feats))
     return feats.cpu().numpy() if as_numpy else feats
@@ -250,11 +251,11 @@ def glcm_features(images, masks, n_levels=32, intensity_range=(0.0, 1.0)):
     hxy1 = -(p * torch.log2(pxy_prod + _EPS)).sum((2, 3))
     hxy2 = -(pxy_prod * torch.log2(pxy_prod + _EPS)).sum((2, 3))
     hmax = torch.maximum(hx, hy)
-    imc1 = torch.where(hmax > 0, (hxy - hxy1) / hmax.clamp_min(1e-300), torch.zeros_like(hmax))
+    imc1 = torch.where(hmax > 0, (hxy - hxy1) / hmax.clamp_min(_TINY), torch.zeros_like(hmax))
     imc2 = torch.sqrt((1 - torch.exp(-2 * (hxy2 - hxy))).clamp_min(0))
     da = (pxmy * kd).sum(-1)
     sxsy = sx * sy
-    corr = torch.where(sxsy > 0, ((p * i * j).sum((2, 3)) - ux * uy) / sxsy.clamp_min(1e-300), torch.ones_like(sxsy))
+    corr = torch.where(sxsy > 0, ((p * i * j).sum((2, 3)) - ux * uy) / sxsy.clamp_min(_TINY), torch.ones_like(sxsy))
     inv_var = (pxmy[..., 1:] / kd[1:] ** 2).sum(-1)
     ngd = ng[:, :, None, None]
     feats = torch.stack([
@@ -316,17 +317,17 @@ def ngtdm_features(images, masks, n_levels=32, intensity_range=(0.0, 1.0)):
     gi, gj = g[:, None], g[None, :]
     pi, pj = p[:, :, None], p[:, None, :]
     s_sum = s_i.sum(1)
-    coarse = torch.where(ps > 0, 1 / ps.clamp_min(1e-300), torch.full_like(ps, 1e6))
+    coarse = torch.where(ps > 0, 1 / ps.clamp_min(_TINY), torch.full_like(ps, 1e6))
     contrast = torch.where(
         ngp > 1,
         (pi * pj * (gi - gj) ** 2 * pair).sum((1, 2)) / (ngp * (ngp - 1)).clamp_min(1) * s_sum / nvp.clamp_min(1),
         torch.zeros_like(ngp))
     busy_den = ((gi * pi - gj * pj).abs() * pair).sum((1, 2))
-    busy = torch.where(busy_den > 0, ps / busy_den.clamp_min(1e-300), torch.zeros_like(ps))
+    busy = torch.where(busy_den > 0, ps / busy_den.clamp_min(_TINY), torch.zeros_like(ps))
     si, sj = s_i[:, :, None], s_i[:, None, :]
-    complexity = ((gi - gj).abs() * (pi * si + pj * sj) / (pi + pj).clamp_min(1e-300) * pair).sum((1, 2)) \
+    complexity = ((gi - gj).abs() * (pi * si + pj * sj) / (pi + pj).clamp_min(_TINY) * pair).sum((1, 2)) \
         / nvp.clamp_min(1)
-    strength = torch.where(s_sum > 0, ((pi + pj) * (gi - gj) ** 2 * pair).sum((1, 2)) / s_sum.clamp_min(1e-300),
+    strength = torch.where(s_sum > 0, ((pi + pj) * (gi - gj) ** 2 * pair).sum((1, 2)) / s_sum.clamp_min(_TINY),
                            torch.zeros_like(s_sum))
     out = torch.stack([coarse, contrast, busy, complexity, strength], 1)
     out = torch.where((nvp > 0)[:, None], out, torch.full_like(out, float("nan")))
@@ -400,10 +401,10 @@ def shape_features(masks, n_directions=180, dtype=torch.float64):
     pos_area = area > 0
     feats = torch.stack([
         area, npix, perim,
-        torch.where(pos_area, perim / area.clamp_min(1e-300), torch.full_like(area, float("nan"))),
-        torch.where(perim > 0, 2 * torch.sqrt(math.pi * area) / perim.clamp_min(1e-300), torch.full_like(area, float("nan"))),
+        torch.where(pos_area, perim / area.clamp_min(_TINY), torch.full_like(area, float("nan"))),
+        torch.where(perim > 0, 2 * torch.sqrt(math.pi * area) / perim.clamp_min(_TINY), torch.full_like(area, float("nan"))),
         diam, 4 * torch.sqrt(lmax), 4 * torch.sqrt(lmin),
-        torch.where(lmax > 0, torch.sqrt(lmin / lmax.clamp_min(1e-300)), torch.full_like(lmax, float("nan"))),
+        torch.where(lmax > 0, torch.sqrt(lmin / lmax.clamp_min(_TINY)), torch.full_like(lmax, float("nan"))),
     ], 1)
     feats = torch.where((npix > 0)[:, None], feats, torch.full_like(feats, float("nan")))
     return feats.cpu().numpy() if as_numpy else feats
@@ -469,7 +470,7 @@ def apply_minmax(features, lo, hi, clip=True):
     f = torch.as_tensor(features)
     lo, hi = torch.as_tensor(lo, dtype=f.dtype, device=f.device), torch.as_tensor(hi, dtype=f.dtype, device=f.device)
     span = hi - lo
-    out = torch.where(span > 0, (f - lo) / span.clamp_min(1e-300), torch.zeros_like(f))
+    out = torch.where(span > 0, (f - lo) / span.clamp_min(_TINY), torch.zeros_like(f))
     if clip:
         out = out.clamp(0, 1)
     return torch.nan_to_num(out, nan=0.0, posinf=0.0, neginf=0.0)
