@@ -288,27 +288,40 @@ def test_cuda_requested_without_cuda(X8):
 # ----------------------------------------------------------------------------- CUDA
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_cuda_fit_amp_channels_last_and_cpu_load(X8, tmp_path):
-    est = tiny(device="cuda", max_epochs=2).fit(X8)
+@pytest.mark.parametrize("device", ["auto", "cuda"])
+def test_cuda_fit_amp_channels_last_and_cpu_load(X8, device, monkeypatch):
+    est = tiny(device=device, max_epochs=2).fit(X8)
     assert est.device_ == "cuda"
     assert est.amp_dtype_ in (torch.bfloat16, None)
     conv = next(m for m in est.module_.modules() if isinstance(m, torch.nn.Conv2d))
     assert conv.weight.is_contiguous(memory_format=torch.channels_last)
     seen = {}
-    handle = conv.register_forward_hook(lambda m, i, o: seen.setdefault("dtype", o.dtype))
+
+    def hook(module, inputs, output):
+        seen["dtype"] = output.dtype  # returns None: the output is left alone
+
+    handle = conv.register_forward_hook(hook)
     Z = est.transform(X8)
     handle.remove()
     assert seen["dtype"] == (est.amp_dtype_ or torch.float32)
-    # a CUDA pickle loads on CPU (map_location through skorch), transform matches to bf16 tolerance
-    path = tmp_path / "ssl.pkl"
-    path.write_bytes(pickle.dumps(est))
-    loaded = pickle.loads(path.read_bytes())
-    loaded.set_params(device="cpu")
-    loaded.module_.to("cpu")
-    vars(loaded)["augment_"] = loaded.augment_.to("cpu")
-    loaded.device_, loaded.amp_dtype_ = "cpu", None
-    Zc = loaded.transform(X8)
-    np.testing.assert_allclose(Zc, Z, rtol=0.05, atol=0.05 * np.abs(Z).max())
+    blob = pickle.dumps(est)
+    # same machine: identical output
+    np.testing.assert_array_equal(pickle.loads(blob).transform(X8), Z)
+    # a CPU-only machine: the CUDA pickle loads there and runs in float32 on the CPU
+    with monkeypatch.context() as m:
+        m.setattr(torch.cuda, "is_available", lambda: False)
+        with pytest.warns(Warning) if device == "cuda" else _no_warning():
+            loaded = pickle.loads(blob)
+        assert loaded.device_ == "cpu" and loaded.amp_dtype_ is None
+        assert next(loaded.module_.parameters()).device.type == "cpu"
+        Zc = loaded.transform(X8)
+    np.testing.assert_allclose(Zc, Z, rtol=0.05, atol=0.05 * float(np.abs(Z).max()))
+
+
+def _no_warning():
+    import contextlib
+
+    return contextlib.nullcontext()
 
 
 # ----------------------------------------------------------------------------- learning
@@ -316,14 +329,20 @@ def test_cuda_fit_amp_channels_last_and_cpu_load(X8, tmp_path):
 def test_linear_probe_pretrained_beats_random_init(cxr64):
     """Patient-grouped 5-fold CV on real cxr1k: SimCLR features beat the same untrained encoder.
 
-    CPU quick setting: 48x48 images (cxr1k loaded at 64, resized by the pretrainer),
-    ``resnet10t``, 10 epochs, batch 64. Pre-training uses no labels, so it is fitted once on
-    all images and the probe (scaler + logistic regression) is cross-validated on its
-    features; ``test_linear_probe_inside_pipeline`` checks the Pipeline form per fold.
+    CPU quick setting: ``resnet10t`` at 32x32 (cxr1k loaded at 64, resized by the
+    pretrainer), 10 epochs of batch 64 over all 1124 images, projection 64/256, lr 2e-3,
+    temperature 0.2, seed 0. The random-init baseline is the same estimator with
+    ``max_epochs=0`` (same architecture and seed, untrained). Pre-training uses no labels,
+    so it is fitted once on all images and only the probe (standardisation + logistic
+    regression, C=0.1) is cross-validated with ``StratifiedGroupKFold`` over patients; the
+    held-out images are seen unlabelled during pre-training (transductive, no label
+    leakage). Measured on 2 CPU cores: macro one-vs-rest ROC-AUC 0.902 pretrained vs 0.804
+    random-init (margin +0.097); fitting the whole Pipeline per fold instead gave a margin of
+    the same size (see the pretrainer's report).
     """
     data = cxr64
     X, y, groups = data.images, data.target, data.groups
-    common = dict(backbone="resnet10t", image_size=48, projection_dim=64, hidden_dim=256, batch_size=64,
+    common = dict(backbone="resnet10t", image_size=32, projection_dim=64, hidden_dim=256, batch_size=64,
                   lr=2e-3, temperature=0.2, patience=None, device="cpu", verbose=0, random_state=0)
     t0 = time.perf_counter()
     Z_pre = ContrastivePretrainer(max_epochs=10, **common).fit(X).transform(X)
@@ -334,13 +353,10 @@ def test_linear_probe_pretrained_beats_random_init(cxr64):
     aucs = {"pretrained": [], "random": []}
     for train, test in cv.split(X, y, groups):
         for name, Z in (("pretrained", Z_pre), ("random", Z_rand)):
-            probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, C=0.1))
+            probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=3000, C=0.1))
             proba = probe.fit(Z[train], y[train]).predict_proba(Z[test])
             aucs[name].append(roc_auc_score(y[test], proba, multi_class="ovr", average="macro"))
     pre, rand = np.mean(aucs["pretrained"]), np.mean(aucs["random"])
     print(f"\nlinear probe macro ROC-AUC: pretrained {pre:.4f} random-init {rand:.4f} "
           f"margin {pre - rand:+.4f} (pre-training {elapsed:.0f} s)")
-    assert pre > rand + MARGIN
-
-
-MARGIN = 0.02
+    assert pre > rand + 0.05

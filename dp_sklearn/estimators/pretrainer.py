@@ -581,6 +581,15 @@ class ContrastivePretrainer(TorchEstimatorMixin, TransformerMixin, skorch.Neural
         kwargs.setdefault("pin_memory", str(self.device_).startswith("cuda"))
         return self.iterator_train(dataset, **kwargs)
 
+    def _set_training(self, training=True):
+        # skorch calls this before every batch, and Module.train() walks the whole module
+        # tree each time; switch only the components whose mode differs (a switch always
+        # sets the whole tree, so the top-level flag tells the tree's mode).
+        for name in self._modules + self._criteria:
+            module = getattr(self, name + "_")
+            if isinstance(module, nn.Module) and module.training != training:
+                module.train(training)
+
     def prepare_batch(self, batch, training):
         x = batch["x"]
         if training:
@@ -603,6 +612,15 @@ class ContrastivePretrainer(TorchEstimatorMixin, TransformerMixin, skorch.Neural
                 y_pred = self.module_(x1=x1, x2=x2)
             loss = self.get_loss(y_pred, yi, X=Xi, training=False)
         return {"loss": loss, "y_pred": y_pred}
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        # A model fitted with device="cuda" and unpickled where CUDA is missing: skorch maps
+        # the tensors to the CPU (with a warning); run it there in float32.
+        device = vars(self).get("device_")
+        if isinstance(device, str) and device.startswith("cuda") and not torch.cuda.is_available():
+            vars(self)["device_"] = "cpu"
+            vars(self)["amp_dtype_"] = None
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
