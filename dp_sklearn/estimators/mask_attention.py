@@ -18,6 +18,7 @@ from numbers import Integral, Real
 import numpy as np
 import torch
 from sklearn.preprocessing import LabelEncoder
+from sklearn.utils import TransformerTags
 from sklearn.utils._param_validation import Interval, StrOptions, validate_parameter_constraints
 from sklearn.utils.multiclass import type_of_target
 from sklearn.utils.validation import check_is_fitted
@@ -649,4 +650,6 @@ class MaskAttentionClassifier(TorchEstimatorMixin, NeuralNetClassifier):
         tags.input_tags.three_d_array = True
         tags.input_tags.two_d_array = False
         tags.non_deterministic = False
+        # transform() gives the pooled features, so scikit-learn's transformer checks apply too.
+        tags.transformer_tags = TransformerTags(preserves_dtype=["float32"])
         return tags
