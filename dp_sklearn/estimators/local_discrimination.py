@@ -1,0 +1,670 @@
+"""Unsupervised local discrimination (LD) pre-training, as a scikit-learn transformer.
+
+:class:`LocalDiscriminationPretrainer` follows Chen et al., "Unsupervised Local Discrimination
+for Medical Images" (2022). Where SimCLR (:class:`~dp_sklearn.estimators.pretrainer.
+ContrastivePretrainer`) learns one vector per image, LD learns one embedding per *pixel* with an
+encoder-decoder, plus a clustering branch that splits every image into ``K`` soft regions, and
+trains them in two stages:
+
+1. patch discrimination (8x8 patches of two aligned views of an image, each told apart from every
+   other patch of the batch) and mixup consistency of the embeddings;
+2. the same plus region discrimination (each image's region ``k`` close to the batch's centre
+   ``k``, far from the other centres) and an entropy term that makes the regions hard.
+
+``transform`` gives pooled features (a linear probe), ``transform_dense`` the pixel embeddings
+and soft segmentation, ``segment`` hard region maps, and ``encoder_`` warm-starts
+:class:`~dp_sklearn.estimators.mask_attention.MaskAttentionClassifier` like the SimCLR
+pre-trainer's. :func:`cluster_dice` scores how well one of the regions matches lesion masks.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from numbers import Integral, Real
+
+import numpy as np
+import skorch
+import torch
+from skorch.callbacks import EarlyStopping, PassthroughScoring
+from sklearn.base import TransformerMixin
+from sklearn.utils._param_validation import Interval, StrOptions, validate_parameter_constraints
+from sklearn.utils.validation import check_is_fitted
+from torch import nn
+from torch.utils.data import DataLoader
+
+from ..data.augment import RadiographAugment
+from ..data.dataset import XRayDataset
+from ..losses.local_discrimination import LocalDiscriminationLoss
+from ..nn.backbones import BACKBONES
+from ..nn.local_discrimination import LD_BACKBONES, LocalDiscriminationNet, dihedral
+from ..utils.device import autocast, resolve_device
+from ._torch import TorchEstimatorMixin, _as_size
+from .callbacks import default_callbacks, remaining_epochs
+
+__all__ = ["LocalDiscriminationPretrainer", "cluster_dice"]
+
+_LOSS_TERMS = ("pd_loss", "mixup_loss", "ld_loss", "entropy_loss")
+
+#: Per-view augmentation defaults: a small rotation and intensity jitter, no crop / shift / zoom,
+#: so the two views keep (almost) the same geometry and their patches stay aligned.
+VIEW_AUGMENT_DEFAULTS = dict(crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), rotation=5.0, translate=0.0,
+                             scale=(1.0, 1.0), hflip=0.0)
+
+
+def _build_augment(spec, defaults: dict, name: str) -> nn.Module:
+    if spec is True:
+        return RadiographAugment(**defaults)
+    if spec is False:
+        return nn.Identity()
+    if isinstance(spec, dict):
+        return RadiographAugment(**{**defaults, **spec})
+    if isinstance(spec, nn.Module):
+        return copy.deepcopy(spec)
+    raise TypeError(f"{name} must be a bool, a dict of RadiographAugment arguments or an nn.Module, "
+                    f"got {type(spec).__name__}.")
+
+
+def _images_only(out):
+    return out[0] if isinstance(out, (tuple, list)) else out
+
+
+class _InMemoryBatches:
+    """Batches ``({"x": (b, 1, H, W)}, None)`` sliced from one tensor (no per-item collate)."""
+
+    def __init__(self, images: torch.Tensor, batch_size: int, shuffle: bool, drop_last: bool):
+        self.images, self.batch_size, self.shuffle, self.drop_last = images, batch_size, shuffle, drop_last
+
+    def __len__(self):
+        n, b = len(self.images), self.batch_size
+        return n // b if self.drop_last else -(-n // b)
+
+    def __iter__(self):
+        n, b = len(self.images), self.batch_size
+        order = torch.randperm(n) if self.shuffle else None
+        stop = (n // b) * b if self.drop_last else n
+        for start in range(0, stop, b):
+            idx = order[start:start + b] if order is not None else slice(start, start + b)
+            yield {"x": self.images[idx].unsqueeze(1)}, None
+
+
+class _Stage2EarlyStopping(EarlyStopping):
+    """skorch ``EarlyStopping`` that only counts stage-2 epochs (the loss jumps when stage 2 adds terms)."""
+
+    def __init__(self, stage1_epochs=0, **kwargs):
+        super().__init__(**kwargs)
+        self.stage1_epochs = stage1_epochs
+
+    def on_epoch_end(self, net, **kwargs):
+        epoch = len(net.history)
+        if epoch <= self.stage1_epochs:
+            return
+        if epoch == self.stage1_epochs + 1:
+            self.misses_, self.dynamic_threshold_ = 0, (np.inf if self.lower_is_better else -np.inf)
+        super().on_epoch_end(net, **kwargs)
+
+
+def cluster_dice(segmentation, masks):
+    """How well the regions of a segmentation match lesion masks (Dice), without labels.
+
+    For image ``i`` and region ``k``, ``dice[i, k] = 2 |S_ik & M_i| / (|S_ik| + |M_i|)`` with
+    ``S_ik`` the pixels assigned to ``k``. Two summaries:
+
+    - ``best_cluster_dice``: the single region ``k*`` with the highest mean Dice over the images,
+      and that mean (one region must stand for "lesion" in every image);
+    - ``per_image_best_dice``: the mean over images of each image's best region (an upper bound).
+
+    Parameters
+    ----------
+    segmentation : array-like of int, shape (n, H, W)
+        Region index per pixel (e.g. :meth:`LocalDiscriminationPretrainer.segment`).
+    masks : array-like of shape (n, H, W)
+        Lesion masks (bool or {0, 1}); images with an empty mask are left out.
+
+    Returns
+    -------
+    dict
+        ``best_cluster`` (int), ``best_cluster_dice`` (float), ``per_image_best_dice`` (float),
+        ``dice`` (ndarray (n_used, n_regions)), ``n_images`` (int).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> seg = np.zeros((2, 4, 4), int); seg[:, :2, :2] = 3
+    >>> m = np.zeros((2, 4, 4), bool); m[:, :2, :2] = True
+    >>> r = cluster_dice(seg, m); r["best_cluster"], r["best_cluster_dice"]
+    (3, 1.0)
+    """
+    seg = np.asarray(segmentation)
+    msk = np.asarray(masks).astype(bool)
+    if seg.shape != msk.shape or seg.ndim != 3:
+        raise ValueError(f"segmentation and masks must both have shape (n, H, W), got {seg.shape} and {msk.shape}.")
+    keep = msk.reshape(len(msk), -1).any(1)
+    seg, msk = seg[keep].astype(np.int64), msk[keep]
+    if not len(seg):
+        raise ValueError("no image has a non-empty mask.")
+    k = int(seg.max()) + 1
+    onehot = np.eye(k, dtype=bool)[seg.reshape(len(seg), -1)]  # (n, P, k)
+    m = msk.reshape(len(msk), -1, 1)
+    inter = (onehot & m).sum(1)
+    dice = 2 * inter / (onehot.sum(1) + m.sum(1))
+    best = int(np.argmax(dice.mean(0)))
+    return {"best_cluster": best, "best_cluster_dice": float(dice[:, best].mean()),
+            "per_image_best_dice": float(dice.max(1).mean()), "dice": dice, "n_images": int(len(seg))}
+
+
+class LocalDiscriminationPretrainer(TorchEstimatorMixin, TransformerMixin, skorch.NeuralNet):
+    """Local discrimination pre-training (Chen et al. 2022): pixel embeddings and soft regions.
+
+    ``fit(X)`` trains, without labels, an encoder-decoder whose embedding branch gives a unit
+    ``embedding_dim`` vector per pixel and whose clustering branch gives ``n_clusters`` soft
+    region maps (sigmoid maps normalised to sum to 1 at each pixel). Each step, on a batch:
+
+    - one random geometric transform per image (shared by the two views), then per view a small
+      rotation and intensity jitter (``view_augment``); the second view is also flipped /
+      turned by a multiple of 90 degrees (``dihedral``), and that turn is undone, exactly, on
+      its embedding and assignment maps so the two views' patches line up;
+    - a mixed image ``w * x_a + (1 - w) * x_b`` of two first views (``w ~ U(0, 1)``);
+    - the loss :class:`~dp_sklearn.losses.local_discrimination.LocalDiscriminationLoss`:
+      ``L_pd + mixup_weight * L_mix`` for the first ``stage1_epochs`` epochs, then
+      ``+ ld_weight * L_ld + entropy_weight * L_ent``.
+
+    Parameters
+    ----------
+    backbone : str, nn.Module subclass or instance, default="vgg_ld"
+        ``"vgg_ld"``: the reference VGG-style encoder with BatchNorm (16-32-64-128-128, stride 16,
+        :class:`~dp_sklearn.nn.local_discrimination.VGGLDEncoder`) and a U-Net decoder. A name of
+        :func:`~dp_sklearn.nn.backbones.build_backbone` (``"resnet10t"``, ``"resnet18"``...): that
+        ResNet, whose stem and stages feed the U-Net decoder, so ``encoder_`` warm-starts
+        ``MaskAttentionClassifier(backbone=<same name>)``. A module (deep-copied at each fit) or
+        class returning a feature map: one upsampling decoder over its map (or its
+        ``forward_features`` list when it has one).
+    image_size : int, (int, int) or None, default=224
+        Training size (>= 16). Array images are resized to it once and must be at least that
+        large; None keeps the images' size (arrays only).
+    embedding_dim : int, default=32
+        Size ``D`` of the pixel embeddings.
+    n_clusters : int, default=16
+        Number ``K`` of soft regions.
+    patch_grid : int, default=8
+        Patch discrimination pools the embeddings to ``patch_grid x patch_grid`` patches.
+    temperature : float, default=0.1
+        Patch-discrimination temperature.
+    region_temperature : float, default=0.2
+        Region-discrimination temperature.
+    ld_weight : float, default=10
+        Weight of region discrimination (stage 2).
+    entropy_weight : float, default=0.1
+        Weight of the assignment entropy (stage 2).
+    mixup_weight : float, default=1
+        Weight of mixup consistency; 0 skips the mixed images altogether.
+    stage1_epochs : int, default=20
+        Epochs of stage 1 (embedding only); the clustering branch trains from epoch
+        ``stage1_epochs + 1``. ``stage1_epochs >= max_epochs`` never reaches stage 2 (the
+        clustering branch then stays at its initialisation).
+    max_epochs : int, default=40
+        Epochs in total (0: no training, a randomly initialised network of the same architecture).
+    lr : float, default=1e-3
+        AdamW learning rate.
+    weight_decay : float, default=1e-4
+    batch_size : int, default=32
+        Images per step (at least 2, at most the number of images; the last incomplete batch of
+        an epoch is dropped in training).
+    augment : bool, dict or nn.Module, default=True
+        The geometric transform shared by the two views: ``True`` is
+        :class:`~dp_sklearn.data.augment.RadiographAugment` with ``output_size=image_size`` and
+        ``intensity=False`` (crop-and-resize, rotation, translation, zoom); a dict overrides those
+        arguments; a module is called as ``module(images)``; ``False`` is the identity.
+    view_augment : bool, dict or nn.Module, default=True
+        The per-view part, applied independently to each view: ``True`` is ``RadiographAugment``
+        with a +-5 degree rotation, no crop / shift / zoom, and its intensity defaults
+        (brightness, contrast, gamma, blur, noise); a dict overrides those arguments; a module
+        is used as is; ``False`` is the identity.
+    dihedral : bool, default=True
+        Flip (p = 1/2) and rotate by ``k * 90`` degrees (k uniform, or k in {0, 2} for
+        non-square images) the second view, and undo it on its maps, as the reference does.
+        The network thereby learns embeddings that follow the anatomy, not the image frame.
+    transform_output : {"encoder", "embedding"}, default="encoder"
+        What :meth:`transform` returns: the encoder's globally pooled last map
+        (``encoder_.out_channels`` values, what a warm-started classifier starts from) or the
+        normalised mean pixel embedding (``embedding_dim`` values).
+    patience : int or None, default=None
+        Early stopping on ``train_loss``, counted in stage 2 only.
+    checkpoint_dir : str, os.PathLike or None, default=None
+        Save after every epoch and resume from there (see
+        :func:`~dp_sklearn.estimators.callbacks.default_callbacks`); the stage follows the
+        restored history.
+    device : {"auto", "cpu", "cuda"} or "cuda:N", default="auto"
+    precision : {"auto", "float32", "bfloat16", "float16"}, default="auto"
+        bfloat16 autocast on CUDA by default; embeddings, assignments and losses are float32.
+    num_workers : int, default=0
+        DataLoader workers; with 0 and array input, batches are sliced from one tensor.
+    random_state : int, RandomState or None, default=None
+        Seeds initialisation, shuffling, views and mixing (repeatable on one device).
+    verbose : int, default=1
+    module, criterion, optimizer, train_split, callbacks, torch_load_kwargs, **kwargs
+        skorch parameters. ``module`` is called as ``module(backbone=..., embedding_dim=...,
+        n_clusters=..., **module__kwargs)``; ``criterion`` as ``criterion(patch_grid=...,
+        temperature=..., region_temperature=..., ld_weight=..., entropy_weight=...,
+        mixup_weight=..., **criterion__kwargs)``.
+
+    Attributes
+    ----------
+    module_ : LocalDiscriminationNet
+    encoder_ : nn.Module
+        ``module_.encoder`` (live, not a copy), with ``out_channels`` and ``stride``.
+    embedding_dim_ : int
+        Width of the ``transform`` output.
+    input_size_ : (int, int)
+    augment_, view_augment_ : nn.Module
+    history_ : skorch.History
+        Per epoch ``train_loss``, ``pd_loss``, ``mixup_loss``, and in stage 2 ``ld_loss`` and
+        ``entropy_loss``; ``images_per_s``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from dp_sklearn.estimators.mask_attention import MaskAttentionClassifier
+    >>> X = np.random.RandomState(0).rand(8, 32, 32).astype(np.float32)
+    >>> ld = LocalDiscriminationPretrainer(image_size=32, patch_grid=4, batch_size=4, max_epochs=2,
+    ...                                    stage1_epochs=1, device="cpu", verbose=0, random_state=0)
+    >>> ld.fit(X).transform(X).shape
+    (8, 128)
+    >>> emb, regions = ld.transform_dense(X[:2]); emb.shape, regions.shape
+    ((2, 32, 32, 32), (2, 16, 32, 32))
+    >>> clf = MaskAttentionClassifier(backbone=ld.encoder_, encoder=ld.encoder_, image_size=32, max_epochs=1,
+    ...                               batch_size=4, augment=False, verbose=0, random_state=0)
+    >>> clf.fit(X, [0, 1] * 4).predict(X[:2]).shape
+    (2,)
+    """
+
+    _parameter_constraints = {
+        "backbone": [StrOptions(set(BACKBONES) | set(LD_BACKBONES)), callable],
+        "image_size": [Interval(Integral, 16, None, closed="left"), tuple, list, None],
+        "embedding_dim": [Interval(Integral, 1, None, closed="left")],
+        "n_clusters": [Interval(Integral, 2, None, closed="left")],
+        "patch_grid": [Interval(Integral, 1, None, closed="left")],
+        "temperature": [Interval(Real, 0, None, closed="neither")],
+        "region_temperature": [Interval(Real, 0, None, closed="neither")],
+        "ld_weight": [Interval(Real, 0, None, closed="left")],
+        "entropy_weight": [Interval(Real, 0, None, closed="left")],
+        "mixup_weight": [Interval(Real, 0, None, closed="left")],
+        "stage1_epochs": [Interval(Integral, 0, None, closed="left")],
+        "batch_size": [Interval(Integral, 2, None, closed="left")],
+        "max_epochs": [Interval(Integral, 0, None, closed="left")],
+        "lr": [Interval(Real, 0, None, closed="neither")],
+        "weight_decay": [Interval(Real, 0, None, closed="left")],
+        "augment": ["boolean", dict, nn.Module],
+        "view_augment": ["boolean", dict, nn.Module],
+        "dihedral": ["boolean"],
+        "transform_output": [StrOptions({"encoder", "embedding"})],
+        "patience": [Interval(Integral, 1, None, closed="left"), None],
+        "checkpoint_dir": [str, os.PathLike, None],
+        "precision": [StrOptions({"auto", "float32", "bfloat16", "float16"})],
+        "num_workers": [Interval(Integral, 0, None, closed="left")],
+        "random_state": ["random_state"],
+        "verbose": ["verbose"],
+    }
+
+    cuda_dependent_attributes_ = ["augment_", "view_augment_"]
+
+    def __init__(
+        self,
+        backbone="vgg_ld",
+        image_size=224,
+        embedding_dim=32,
+        n_clusters=16,
+        patch_grid=8,
+        temperature=0.1,
+        region_temperature=0.2,
+        ld_weight=10.0,
+        entropy_weight=0.1,
+        mixup_weight=1.0,
+        stage1_epochs=20,
+        max_epochs=40,
+        lr=1e-3,
+        weight_decay=1e-4,
+        batch_size=32,
+        augment=True,
+        view_augment=True,
+        dihedral=True,
+        transform_output="encoder",
+        patience=None,
+        checkpoint_dir=None,
+        device="auto",
+        precision="auto",
+        num_workers=0,
+        random_state=None,
+        verbose=1,
+        *,
+        module=LocalDiscriminationNet,
+        criterion=LocalDiscriminationLoss,
+        optimizer=torch.optim.AdamW,
+        train_split=None,
+        callbacks=None,
+        torch_load_kwargs=None,
+        **kwargs,
+    ):
+        super().__init__(
+            module,
+            criterion,
+            optimizer=optimizer,
+            lr=lr,
+            max_epochs=max_epochs,
+            batch_size=batch_size,
+            train_split=train_split,
+            callbacks=callbacks,
+            verbose=verbose,
+            device=device,
+            torch_load_kwargs={"weights_only": False} if torch_load_kwargs is None else torch_load_kwargs,
+            **kwargs,
+        )
+        self.backbone = backbone
+        self.image_size = image_size
+        self.embedding_dim = embedding_dim
+        self.n_clusters = n_clusters
+        self.patch_grid = patch_grid
+        self.temperature = temperature
+        self.region_temperature = region_temperature
+        self.ld_weight = ld_weight
+        self.entropy_weight = entropy_weight
+        self.mixup_weight = mixup_weight
+        self.stage1_epochs = stage1_epochs
+        self.weight_decay = weight_decay
+        self.augment = augment
+        self.view_augment = view_augment
+        self.dihedral = dihedral
+        self.transform_output = transform_output
+        self.patience = patience
+        self.checkpoint_dir = checkpoint_dir
+        self.precision = precision
+        self.num_workers = num_workers
+        self.random_state = random_state
+
+    def __setattr__(self, name, value):
+        # Hyper-parameters may hold nn.Module objects (backbone, augment): plain values, not
+        # components for skorch to register.
+        if name in type(self)._parameter_constraints:
+            object.__setattr__(self, name, value)
+        else:
+            super().__setattr__(name, value)
+
+    # ------------------------------------------------------------------ validation
+    def _validate_hyperparameters(self):
+        params = {name: getattr(self, name) for name in self._parameter_constraints}
+        validate_parameter_constraints(self._parameter_constraints, params, caller_name=type(self).__name__)
+        if self.image_size is not None:
+            size = _as_size(self.image_size)
+            if len(size) != 2 or min(size) < 16:
+                raise ValueError(f"image_size must be an int >= 16 or a (height, width) pair of ints >= 16, "
+                                 f"got {self.image_size!r}.")
+            if min(size) < self.patch_grid:
+                raise ValueError(f"patch_grid={self.patch_grid} is larger than image_size={self.image_size!r}.")
+        if isinstance(self.backbone, type) and not issubclass(self.backbone, nn.Module):
+            raise TypeError(f"backbone must be a name, an nn.Module subclass or instance, got the class "
+                            f"{self.backbone.__name__}.")
+        if not isinstance(self.backbone, (str, type, nn.Module)):
+            raise TypeError(f"backbone must be a name in {sorted(set(BACKBONES) | set(LD_BACKBONES))}, an nn.Module "
+                            f"subclass or instance, got {type(self.backbone).__name__}.")
+        resolve_device(self.device)
+
+    def _validate_data(self, X, masks=None, *, fitting: bool):
+        images, _, _ = self._check_inputs(X, masks if fitting else None)
+        n = len(images)
+        if isinstance(images, list):
+            if self.image_size is None:
+                raise ValueError("image_size=None needs array input; with file paths give image_size so every "
+                                 "image is read at the same size.")
+            size = _as_size(self.image_size)
+        else:
+            have = tuple(images.shape[1:])
+            size = have if self.image_size is None else _as_size(self.image_size)
+            if fitting and (have[0] < size[0] or have[1] < size[1]):
+                raise ValueError(
+                    f"X images are {have[0]}x{have[1]} but image_size={self.image_size!r} asks for "
+                    f"{size[0]}x{size[1]}: images smaller than that would be upsampled. "
+                    f"Use image_size <= {min(have)} or larger images."
+                )
+            if fitting and min(size) < max(16, self.patch_grid):
+                raise ValueError(f"X images are {have[0]}x{have[1]}; local discrimination needs at least "
+                                 f"{max(16, self.patch_grid)} pixels per side (16, and patch_grid={self.patch_grid}); "
+                                 "image_size=None keeps the images' size.")
+        if fitting and self.batch_size > n:
+            raise ValueError(f"batch_size={self.batch_size} is larger than the number of images ({n}); "
+                             "contrastive training needs full batches, so use batch_size <= n_samples.")
+        return images, size
+
+    # ------------------------------------------------------------------ fit
+    def fit(self, X, y=None, masks=None, **fit_params):
+        """Train with local discrimination on the images ``X`` (no labels, no masks used).
+
+        Parameters
+        ----------
+        X : array-like of shape (n, H, W), (n, 1, H, W) or (n, H, W, 1), or sequence of paths
+        y : ignored
+        masks : ignored
+            Accepted so the pre-trainer can sit in a Pipeline in front of a mask-guided classifier.
+        **fit_params
+            Passed to skorch's ``fit``.
+
+        Returns
+        -------
+        self : LocalDiscriminationPretrainer
+        """
+        self._validate_hyperparameters()
+        images, size = self._validate_data(X, masks, fitting=True)
+        self.input_size_ = size
+        super().fit(XRayDataset(images, image_size=size), None, **fit_params)
+        return self
+
+    def partial_fit(self, X, y=None, classes=None, masks=None, **fit_params):
+        """Train for ``max_epochs`` more epochs (stages follow the history), initialising if needed.
+
+        Returns
+        -------
+        self : LocalDiscriminationPretrainer
+        """
+        if not isinstance(X, torch.utils.data.Dataset):
+            self._validate_hyperparameters()
+            images, size = self._validate_data(X, masks, fitting=True)
+            if getattr(self, "initialized_", False) and tuple(size) != tuple(getattr(self, "input_size_", size)):
+                raise ValueError(f"partial_fit images are used at {size}, the model was trained at {self.input_size_}.")
+            X = XRayDataset(images, image_size=size)
+            self.input_size_ = size
+        return super().partial_fit(X, None, **fit_params)
+
+    def fit_loop(self, X, y=None, epochs=None, **fit_params):
+        if epochs is None:
+            epochs = remaining_epochs(self)
+        return super().fit_loop(X, y, epochs=epochs, **fit_params)
+
+    # ------------------------------------------------------------------ outputs
+    def _dataset(self, X):
+        check_is_fitted(self, "module_")
+        images, _ = self._validate_data(X, fitting=False)
+        return XRayDataset(images, image_size=self.input_size_)
+
+    def _run(self, X, output):
+        dataset = self._dataset(X)
+        vars(self)["_output"] = output
+        try:
+            yield from self.forward_iter(dataset, training=False)
+        finally:
+            vars(self).pop("_output", None)
+
+    def transform(self, X):
+        """Pooled features: the encoder's pooled last map, or the mean pixel embedding.
+
+        Parameters
+        ----------
+        X : array-like of shape (n, H, W), (n, 1, H, W) or (n, H, W, 1), or sequence of paths
+            Resized to ``input_size_``.
+
+        Returns
+        -------
+        ndarray of float32, shape (n, embedding_dim_)
+        """
+        chunks = [out.float().cpu() for out in self._run(X, self.transform_output)]
+        return torch.cat(chunks).numpy().astype(np.float32, copy=False)
+
+    def transform_dense(self, X):
+        """Pixel embeddings and soft region assignments at ``input_size_``.
+
+        Parameters
+        ----------
+        X : array-like or sequence of paths
+            Resized to ``input_size_``.
+
+        Returns
+        -------
+        embeddings : ndarray of float32, shape (n, embedding_dim, H, W)
+            Unit norm along axis 1.
+        assignments : ndarray of float32, shape (n, n_clusters, H, W)
+            Non-negative, summing to 1 along axis 1 (the soft segmentation).
+        """
+        es, as_ = [], []
+        for e, a in self._run(X, "dense"):
+            es.append(e.float().cpu())
+            as_.append(a.float().cpu())
+        return torch.cat(es).numpy(), torch.cat(as_).numpy()
+
+    def segment(self, X):
+        """Hard region map: the most likely of the ``n_clusters`` regions per pixel.
+
+        Returns
+        -------
+        ndarray of int64, shape (n, H, W) at ``input_size_``
+        """
+        maps = [a.argmax(1).cpu() for _, a in self._run(X, "dense")]
+        return torch.cat(maps).numpy().astype(np.int64)
+
+    def get_feature_names_out(self, input_features=None):
+        """``embedding0``, ``embedding1``, ... (``embedding_dim_`` names)."""
+        check_is_fitted(self, "module_")
+        return np.asarray([f"embedding{i}" for i in range(self.embedding_dim_)], dtype=object)
+
+    @property
+    def encoder_(self):
+        check_is_fitted(self, "module_")
+        return self.module_.encoder
+
+    # ------------------------------------------------------------------ skorch hooks
+    def get_default_callbacks(self):
+        extra = default_callbacks(patience=None, checkpoint_dir=self.checkpoint_dir, monitor="train_loss")
+        if self.patience is not None:
+            stop = _Stage2EarlyStopping(stage1_epochs=self.stage1_epochs, monitor="train_loss",
+                                        patience=int(self.patience), threshold=1e-4, lower_is_better=True)
+            extra.insert(1, ("early_stopping", stop))
+        terms = [(name, PassthroughScoring(name=name, on_train=True)) for name in _LOSS_TERMS]
+        return super().get_default_callbacks() + terms + extra
+
+    def initialize_module(self):
+        kwargs = self.get_params_for("module")
+        backbone = copy.deepcopy(self.backbone) if isinstance(self.backbone, nn.Module) else self.backbone
+        self.module_ = self.module(backbone=backbone, embedding_dim=self.embedding_dim, n_clusters=self.n_clusters,
+                                   **kwargs)
+        if self.transform_output == "embedding":
+            self.embedding_dim_ = int(self.embedding_dim)
+        else:
+            self.embedding_dim_ = int(self.module_.encoder.out_channels)
+        return self
+
+    def initialize_criterion(self):
+        kwargs = dict(patch_grid=self.patch_grid, temperature=self.temperature,
+                      region_temperature=self.region_temperature, ld_weight=self.ld_weight,
+                      entropy_weight=self.entropy_weight, mixup_weight=self.mixup_weight)
+        kwargs.update(self.get_params_for("criterion"))
+        self.criterion_ = self.criterion(**kwargs)
+        return self
+
+    def get_params_for_optimizer(self, prefix, named_parameters):
+        args, kwargs = super().get_params_for_optimizer(prefix, named_parameters)
+        if prefix == "optimizer":
+            kwargs.setdefault("weight_decay", self.weight_decay)
+        return args, kwargs
+
+    def initialize(self):
+        super().initialize()
+        size = getattr(self, "input_size_", None) or _as_size(self.image_size)
+        shared = {"output_size": tuple(size), "intensity": False} if size is not None else {"intensity": False}
+        vars(self)["augment_"] = _build_augment(self.augment, shared, "augment").to(self.device_)
+        vars(self)["view_augment_"] = _build_augment(self.view_augment, VIEW_AUGMENT_DEFAULTS,
+                                                     "view_augment").to(self.device_)
+        return self
+
+    def get_iterator(self, dataset, training=False):
+        prefix = "iterator_train" if training else "iterator_valid"
+        custom = bool(self.get_params_for(prefix)) or (
+            self.iterator_train if training else self.iterator_valid) is not DataLoader
+        if isinstance(dataset, XRayDataset) and not dataset.streaming and not self.num_workers and not custom:
+            return _InMemoryBatches(dataset.images, self.batch_size, shuffle=training,
+                                    drop_last=training and len(dataset) > self.batch_size)
+        if not training:
+            return super().get_iterator(dataset, training=False)
+        kwargs = self.get_params_for("iterator_train")
+        kwargs.setdefault("batch_size", self.batch_size)
+        kwargs.setdefault("shuffle", True)
+        kwargs.setdefault("drop_last", len(dataset) > kwargs["batch_size"])
+        kwargs.setdefault("num_workers", self.num_workers)
+        kwargs.setdefault("pin_memory", str(self.device_).startswith("cuda"))
+        return self.iterator_train(dataset, **kwargs)
+
+    # ------------------------------------------------------------------ steps
+    def _training_inputs(self, x: torch.Tensor) -> dict:
+        """Two aligned views (shared geometry, own rotation/intensity, 2nd turned) and a mixed image."""
+        n, device = len(x), x.device
+        shared = _images_only(self.augment_(x))
+        views = _images_only(self.view_augment_(torch.cat([shared, shared])))
+        x1, x2 = views[:n], views[n:]
+        out = {"x1": x1, "x2": x2}
+        if self.dihedral:
+            square = x2.shape[-1] == x2.shape[-2]
+            k = torch.randint(0, 4, (n,)) if square else 2 * torch.randint(0, 2, (n,))
+            flip = torch.rand(n) < 0.5
+            out.update(x2=dihedral(x2, k, flip), rot_k=k.to(device), flip=flip.to(device))
+        if self.mixup_weight > 0:
+            index = torch.randperm(n).to(device)
+            w = torch.rand(n).to(device=device, dtype=x1.dtype)
+            wv = w.view(-1, 1, 1, 1)
+            out.update(x_mix=wv * x1 + (1 - wv) * x1[index], mix_index=index, mix_weight=w)
+        if device.type == "cuda":
+            for key in ("x1", "x2", "x_mix"):
+                if key in out:
+                    out[key] = out[key].contiguous(memory_format=torch.channels_last)
+        return out
+
+    def prepare_batch(self, batch, training):
+        x = batch["x"]
+        if training:
+            return self._training_inputs(x)
+        return {"x": x, "output": vars(self).get("_output", self.transform_output)}
+
+    def _stage(self) -> int:
+        return 2 if len(self.history) > self.stage1_epochs else 1
+
+    def get_loss(self, y_pred, y_true, X=None, training=False):
+        self.criterion_.stage = self._stage()
+        total, terms = self.criterion_(y_pred)
+        if training:
+            for name, value in terms.items():
+                self.history.record_batch(name, float(value))
+        return total
+
+    def validation_step(self, batch, **fit_params):
+        """The LD loss of views of held-out images, module in eval mode."""
+        self._set_training(False)
+        Xi, yi = skorch.dataset.unpack_data(batch)
+        with torch.no_grad():
+            inputs = self._training_inputs(self._to_device(Xi)["x"])
+            with autocast(self.device_, self.amp_dtype_):
+                y_pred = self.module_(**inputs)
+            loss = self.get_loss(y_pred, yi, X=Xi, training=False)
+        return {"loss": loss, "y_pred": y_pred}
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.two_d_array = False
+        tags.input_tags.three_d_array = True
+        tags.target_tags.required = False
+        tags.non_deterministic = True
+        return tags
