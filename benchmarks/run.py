@@ -61,8 +61,8 @@ PROFILES = {
     "full": dict(image_size=224, backbone="resnet18", folds=5, epochs=40, pretrain_epochs=100,
                  batch_size=64, lr=1e-3, logreg_size=32, speed_batches=30),
     # End-to-end smoke run of the harness (used by the test suite).
-    "tiny": dict(image_size=32, backbone="resnet10t", folds=2, epochs=1, pretrain_epochs=1,
-                 batch_size=32, lr=2e-3, logreg_size=16, speed_batches=2, subsample=120),
+    "tiny": dict(image_size=24, backbone="resnet10t", folds=2, epochs=1, pretrain_epochs=1,
+                 batch_size=16, lr=2e-3, logreg_size=12, speed_batches=2, subsample=90),
 }
 
 REFERENCE = {"model": "DarkCovidNet (Ozturk et al. 2020, published)", "accuracy": 0.8702,

@@ -1,0 +1,90 @@
+"""The examples, the command line and the benchmark harness run end to end at a tiny size."""
+
+import csv
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_script(path):
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize(
+    "script, argv",
+    [
+        ("quickstart.py", ["--image-size", "16", "--epochs", "1", "--pretrain-epochs", "1", "--subsample", "80"]),
+        ("grid_search_with_masks.py", ["--image-size", "16", "--epochs", "1", "--subsample", "60"]),
+        ("optuna_study.py", ["--trials", "1", "--image-size", "16", "--epochs", "1", "--folds", "2", "--n-images", "60"]),
+        ("dicom_folder_predict.py", ["--image-size", "16", "--epochs", "1", "--subsample", "70"]),
+    ],
+)
+def test_example_runs(script, argv, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)  # examples that write files write them here
+    if script == "optuna_study.py":
+        argv = argv + ["--storage", f"sqlite:///{tmp_path / 'study.sqlite3'}"]
+    if script == "dicom_folder_predict.py":
+        argv = argv + ["--out", str(tmp_path / "out")]
+    load_script(ROOT / "examples" / script).main(argv)
+    out = capsys.readouterr().out
+    assert out.strip()
+    if script == "dicom_folder_predict.py":
+        rows = list(csv.DictReader(open(tmp_path / "out" / "predictions.csv")))
+        assert len(rows) == 5  # the CT slice is skipped as a non-radiograph
+        assert len(list((tmp_path / "out").glob("*_attention.png"))) == 5
+
+
+def test_cli_fit_predict_round_trip(tmp_path):
+    from dp_sklearn.cli import main
+    from dp_sklearn.datasets import CXR1K_DIR
+
+    rows = list(csv.DictReader(open(CXR1K_DIR / "labels.csv")))
+    picked = [r for r in rows if r["label"] == "normal"][:6] + [r for r in rows if r["mask"]][:6]
+    table = tmp_path / "train.csv"
+    with open(table, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["path", "label", "mask"])
+        for r in picked:
+            w.writerow([CXR1K_DIR / r["image"], r["label"], CXR1K_DIR / r["mask"] if r["mask"] else ""])
+    model = tmp_path / "model.joblib"
+    main(["fit", "--data", str(table), "--model", str(model), "--backbone", "resnet10t", "--image-size", "16",
+          "--epochs", "1", "--pretrain-epochs", "1", "--batch-size", "6"])
+    assert model.exists()
+    out = tmp_path / "pred.csv"
+    main(["predict", "--data", str(table), "--model", str(model), "--out", str(out),
+          "--attention-dir", str(tmp_path / "heat")])
+    pred = list(csv.DictReader(open(out)))
+    assert len(pred) == 12 and {"path", "prediction", "p_normal", "p_pneumonia"} <= set(pred[0])
+    probs = np.array([[float(r["p_normal"]), float(r["p_pneumonia"])] for r in pred])
+    np.testing.assert_allclose(probs.sum(1), 1, atol=1e-4)
+    assert len(list((tmp_path / "heat").glob("*.png"))) == 12
+
+
+def test_cli_errors_are_clear(tmp_path):
+    from dp_sklearn.cli import main
+
+    with pytest.raises(SystemExit, match="does not exist"):
+        main(["fit", "--data", str(tmp_path / "missing"), "--model", "m.joblib"])
+
+
+def test_benchmark_harness_end_to_end(tmp_path):
+    run = load_script(ROOT / "benchmarks" / "run.py")
+    res = run.main(["--profile", "tiny", "--out", str(tmp_path), "--models", "1.", "2.", "6."])
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert [r["model"][:2] for r in saved["quality"]] == ["1.", "2.", "6."]
+    for r in saved["quality"]:
+        assert 0 <= r["macro_auc"] <= 1 and set(r["std"]) >= {"accuracy", "macro_auc"}
+    assert saved["quality"][2]["lesion_focus"] is not None  # the attention model is scored on masks
+    assert {s["name"].split(" ")[0] for s in saved["speed"]} >= {"train", "predict", "DICOM"}
+    assert all(s["images_per_s"] > 0 for s in saved["speed"])
+    for name in ("results.md", "confusion_matrix.png", "roc.png", "attention_overlays.png", "ablation.png"):
+        assert (tmp_path / name).exists(), name
+    assert res["machine"]["cores"] >= 1
