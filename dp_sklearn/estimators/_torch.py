@@ -91,6 +91,7 @@ class TorchEstimatorMixin:
     def _check_inputs(self, X, masks=None):
         """Validate images (array or paths) and masks; returns ``(images, masks, available)``."""
         images = check_images(X, min_samples=1)
+        empty_means = getattr(self, "empty_mask_means", "unannotated")
         if isinstance(images, list):  # paths: masks may be paths too, or arrays of the working size
             if masks is None:
                 return images, None, np.zeros(len(images), dtype=bool)
@@ -98,9 +99,9 @@ class TorchEstimatorMixin:
                 if len(masks) != len(images):
                     raise ValueError(f"masks has {len(masks)} entries but there are {len(images)} images.")
                 return images, list(masks), np.array([m is not None for m in masks])
-            masks, available = check_masks(masks, len(images), self._image_size())
+            masks, available = check_masks(masks, len(images), self._image_size(), empty_means=empty_means)
             return images, masks, available
-        masks, available = check_masks(masks, len(images), images.shape[1:])
+        masks, available = check_masks(masks, len(images), images.shape[1:], empty_means=empty_means)
         return images, masks, available
 
     def _make_dataset(self, images, y=None, masks=None, mask_available=None):
@@ -110,6 +111,8 @@ class TorchEstimatorMixin:
         prefix = "iterator_train" if training else "iterator_valid"
         kwargs = self.get_params_for(prefix)
         kwargs.setdefault("batch_size", self.batch_size if self.batch_size != -1 else len(dataset))
+        if training and "sampler" not in kwargs and "batch_sampler" not in kwargs:
+            kwargs.setdefault("shuffle", True)  # skorch's DataLoader default would keep one batch order
         num_workers = getattr(self, "num_workers", 0) or 0
         kwargs.setdefault("num_workers", num_workers)
         if num_workers > 0:
