@@ -346,20 +346,42 @@ def test_cluster_dice():
 # ----------------------------------------------------------------------------- learning (real data)
 @pytest.mark.slow
 def test_ld_clusters_overlap_lesions_better_than_random_init(cxr64):
-    """Acceptance: with no labels, the best-matching LD region overlaps radiologist lesion masks
-    (Dice, one region for all images) better than the same clustering branch of a randomly
-    initialised network. Measured (seed 0, 32 px, 400 images, 6 epochs): see the margin below."""
+    """Acceptance: with no labels, the best-matching LD region (one region index for all images)
+    overlaps the radiologist lesion masks (Dice) better than the same clustering branch of a
+    randomly initialised network, which puts every pixel in one region (Dice of the whole image).
+
+    Unsupervised: the network sees the 197 images that carry a mask, never the masks; the masks
+    only score the regions afterwards. Measured on 2 (shared) CPU cores, seed 0, 32 px, 4 epochs
+    (stage 1: 1): LD 0.359 vs random init 0.212 (margin 0.147); asserted margin 0.05. About
+    5 min on two heavily shared cores, ~2 min on two free ones.
+    """
     from dp_sklearn.data.dataset import resize_images
 
     size = 32
-    X = resize_images(np.asarray(cxr64.images), (size, size))
-    masks = resize_images(np.asarray(cxr64.masks), (size, size), masks=True)
     has = np.asarray(cxr64.mask_available)
-    rng = np.random.RandomState(0)
-    train = np.concatenate([np.where(has)[0], rng.choice(np.where(~has)[0], 202, replace=False)])
+    X = resize_images(np.asarray(cxr64.images), (size, size))[has]
+    masks = resize_images(np.asarray(cxr64.masks), (size, size), masks=True)[has]
     scores = {}
-    for name, epochs in (("random", 0), ("ld", 6)):
+    for name, epochs in (("random", 0), ("ld", 4)):
         est = LocalDiscriminationPretrainer(image_size=size, patch_grid=8, batch_size=32, max_epochs=epochs,
-                                            stage1_epochs=2, device="cpu", verbose=0, random_state=0).fit(X[train])
-        scores[name] = cluster_dice(est.segment(X[has]), masks[has])["best_cluster_dice"]
-    assert scores["ld"] > scores["random"] + 0.02, scores
+                                            stage1_epochs=1, device="cpu", verbose=0, random_state=0).fit(X)
+        scores[name] = cluster_dice(est.segment(X), masks)["best_cluster_dice"]
+    assert scores["ld"] > scores["random"] + 0.05, scores
+
+
+def test_benchmark_rows_build_unfitted_estimators():
+    """benchmarks/local_discrimination_eval.rows has the shape of run.py's model_rows."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "local_discrimination_eval.py"
+    spec = importlib.util.spec_from_file_location("local_discrimination_eval", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    p = dict(image_size=32, backbone="resnet10t", epochs=1, pretrain_epochs=2, batch_size=4, lr=1e-3)
+    rows = mod.rows(p, "cpu", 0)
+    assert [kind for _, _, kind in rows] == ["sklearn", "cnn"]
+    probe, fine = rows[0][1](), rows[1][1]()
+    assert probe.steps[0][1].get_params()["backbone"] == "resnet10t"
+    assert fine.pretrainer.max_epochs == 2 and fine.classifier.max_epochs == 1
+    assert fine.pretrainer.stage1_epochs == 1 and clone(fine).classifier.backbone == "resnet10t"
