@@ -10,6 +10,9 @@ _PUBLIC = {
     "ClassBalancedSampler": ".class_balanced",
     "ClassBalancedBatchSampler": ".class_balanced",
     "ImageResampler": ".resampling",
+    "LocalDiscriminationPretrainer": ".local_discrimination",
+    "MultiLabelMetricClassifier": ".multilabel",
+    "RadiomicsContrastiveClassifier": ".radiomics_contrastive",
 }
 __all__ = sorted(_PUBLIC)
 
