@@ -100,6 +100,11 @@ def model_rows(p: dict, device: str, seed: int):
         params.update(overrides)
         return lambda: MaskAttentionClassifier(**params)
 
+    from local_discrimination_eval import rows as ld_rows
+    from radiomics_eval import rows as radiomics_rows
+
+    related = [("7." + name.split(".", 1)[1], f, k) for name, f, k in radiomics_rows(p, device, seed)]
+    related += [(f"8{letter}. {name}", f, k) for letter, (name, f, k) in zip("ab", ld_rows(p, device, seed))]
     return [
         ("1. LogisticRegression (pixels)", logreg, "sklearn"),
         ("1b. LogisticRegression + class-balanced", lambda: ClassBalancedWeighting(logreg(), beta=0.999), "sklearn"),
@@ -109,7 +114,7 @@ def model_rows(p: dict, device: str, seed: int):
         ("5. + mask-guided hard attention", cnn(class_balance_beta=0.999, attention_weight=1.0), "pretrained"),
         ("6. + contrastive regulation (Deep Pneumonia)",
          cnn(class_balance_beta=0.999, attention_weight=1.0, contrastive_weight=0.1), "pretrained"),
-    ]
+    ] + related
 
 
 def make_pretrainer(p: dict, device: str, seed: int):
