@@ -209,6 +209,13 @@ def test_default_callbacks_are_new_objects():
     assert isinstance(a[0][1], Throughput)
 
 
+def test_throughput_process_clock(X8):
+    est = tiny(callbacks=[("cpu", Throughput(name="images_per_cpu_s", clock="process"))]).fit(X8)
+    assert est.history[-1, "images_per_cpu_s"] > 0
+    with pytest.raises(ValueError, match="clock"):
+        tiny(callbacks=[("cpu", Throughput(clock="gpu"))]).fit(X8)
+
+
 def test_checkpoint_and_resume(X8, tmp_path):
     ckpt = tmp_path / "ckpt"
     first = tiny(max_epochs=2, checkpoint_dir=str(ckpt)).fit(X8)
