@@ -299,7 +299,8 @@ class MultiLabelMetricClassifier(TorchEstimatorMixin, ClassifierMixin, NeuralNet
         Focal-like per-image (hardness) weights of the dual-weighted loss.
     image_gamma : float >= 0, default=1.0
     category_weight : bool, default=True
-        Class-balanced per-label weights on the positive terms of the dual-weighted loss.
+        Class-balanced per-label weights (mean 1 over the labels, larger for rarer ones) on the positive
+        terms of the dual-weighted loss; see :mod:`dp_sklearn.losses.metric`.
     class_balance_beta : float in [0, 1), default=0.999
         Effective-number ``beta`` of the category weights and of ``loss="class_balanced"``.
     consistency_weight : float >= 0, default=0.1
