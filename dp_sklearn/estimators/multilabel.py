@@ -506,9 +506,9 @@ class MultiLabelMetricClassifier(TorchEstimatorMixin, ClassifierMixin, NeuralNet
         if isinstance(sv, str):  # "auto"
             if names is None:
                 return None, "learnable"
-            from ..nn.label_embeddings import _load_shipped, normalize_name
+            from ..nn.label_embeddings import known_label_names, normalize_name
 
-            shipped = _load_shipped()[1]
+            shipped = set(known_label_names())
             vecs = label_embeddings(names)
             if vecs is None:
                 return None, "learnable"
