@@ -12,6 +12,7 @@ EXPECTED = {  # name: (out_channels, stride)
     "resnet18": (512, 32),
     "resnet34": (512, 32),
     "resnet50": (2048, 32),
+    "vgg_ld": (128, 16),  # local discrimination's VGG-style encoder
 }
 
 

@@ -35,6 +35,30 @@ def _as_size(image_size):
     return tuple(int(s) for s in image_size)
 
 
+class InMemoryBatches:
+    """Batches ``({"x": (b, 1, H, W)}, None)`` sliced from one in-memory tensor.
+
+    A fast path for unlabelled pre-training on arrays: one tensor slice per batch instead of
+    indexing and collating image by image. A new random order each pass when ``shuffle`` (from
+    torch's global generator, which ``random_state`` seeds).
+    """
+
+    def __init__(self, images: torch.Tensor, batch_size: int, shuffle: bool, drop_last: bool):
+        self.images, self.batch_size, self.shuffle, self.drop_last = images, batch_size, shuffle, drop_last
+
+    def __len__(self):
+        n, b = len(self.images), self.batch_size
+        return n // b if self.drop_last else -(-n // b)
+
+    def __iter__(self):
+        n, b = len(self.images), self.batch_size
+        order = torch.randperm(n) if self.shuffle else None
+        stop = (n // b) * b if self.drop_last else n
+        for start in range(0, stop, b):
+            idx = order[start:start + b] if order is not None else slice(start, start + b)
+            yield {"x": self.images[idx].unsqueeze(1)}, None
+
+
 class TorchEstimatorMixin:
     """Shared behaviour of dp_sklearn's skorch estimators (see the module docstring)."""
 

@@ -39,7 +39,7 @@ from ..losses.local_discrimination import LocalDiscriminationLoss
 from ..nn.backbones import BACKBONES
 from ..nn.local_discrimination import LD_BACKBONES, LocalDiscriminationNet, dihedral
 from ..utils.device import autocast, resolve_device
-from ._torch import TorchEstimatorMixin, _as_size
+from ._torch import InMemoryBatches, TorchEstimatorMixin, _as_size
 from .callbacks import default_callbacks, remaining_epochs
 
 __all__ = ["LocalDiscriminationPretrainer", "cluster_dice"]
@@ -67,25 +67,6 @@ def _build_augment(spec, defaults: dict, name: str) -> nn.Module:
 
 def _images_only(out):
     return out[0] if isinstance(out, (tuple, list)) else out
-
-
-class _InMemoryBatches:
-    """Batches ``({"x": (b, 1, H, W)}, None)`` sliced from one tensor (no per-item collate)."""
-
-    def __init__(self, images: torch.Tensor, batch_size: int, shuffle: bool, drop_last: bool):
-        self.images, self.batch_size, self.shuffle, self.drop_last = images, batch_size, shuffle, drop_last
-
-    def __len__(self):
-        n, b = len(self.images), self.batch_size
-        return n // b if self.drop_last else -(-n // b)
-
-    def __iter__(self):
-        n, b = len(self.images), self.batch_size
-        order = torch.randperm(n) if self.shuffle else None
-        stop = (n // b) * b if self.drop_last else n
-        for start in range(0, stop, b):
-            idx = order[start:start + b] if order is not None else slice(start, start + b)
-            yield {"x": self.images[idx].unsqueeze(1)}, None
 
 
 class _Stage2EarlyStopping(EarlyStopping):
@@ -597,7 +578,7 @@ class LocalDiscriminationPretrainer(TorchEstimatorMixin, TransformerMixin, skorc
         custom = bool(self.get_params_for(prefix)) or (
             self.iterator_train if training else self.iterator_valid) is not DataLoader
         if isinstance(dataset, XRayDataset) and not dataset.streaming and not self.num_workers and not custom:
-            return _InMemoryBatches(dataset.images, self.batch_size, shuffle=training,
+            return InMemoryBatches(dataset.images, self.batch_size, shuffle=training,
                                     drop_last=training and len(dataset) > self.batch_size)
         if not training:
             return super().get_iterator(dataset, training=False)

@@ -265,12 +265,20 @@ def resnet50(in_channels: int = 1, **kwargs) -> ResNet:
 
 
 #: Names accepted by :func:`build_backbone`, mapped to their constructors.
+def vgg_ld(in_channels: int = 1, **kwargs) -> nn.Module:
+    """The small VGG-style encoder of local discrimination (Chen et al. 2022), stride 16."""
+    from .local_discrimination import VGGLDEncoder  # that module builds on this one
+
+    return VGGLDEncoder(in_channels=in_channels, **kwargs)
+
+
 BACKBONES = {
     "resnet10t": resnet10t,
     "resnet10": resnet10,
     "resnet18": resnet18,
     "resnet34": resnet34,
     "resnet50": resnet50,
+    "vgg_ld": vgg_ld,
 }
 
 
