@@ -104,9 +104,10 @@ class TorchEstimatorMixin:
         super().__setstate__(state)
         if requested in (None, "auto"):
             self.__dict__["device"] = requested
-            if "device_" in self.__dict__:
-                self.device_ = resolve_device("auto")
-                self.amp_dtype_ = resolve_precision(getattr(self, "precision", "auto"), self.device_)
+        if "device_" in self.__dict__:
+            # skorch mapped the tensors to state["device"] (CPU when CUDA is missing here); follow it.
+            self.device_ = resolve_device("auto") if requested in (None, "auto") else str(self.__dict__["device"])
+            self.amp_dtype_ = resolve_precision(getattr(self, "precision", "auto"), self.device_)
 
     # ------------------------------------------------------------------ data
     def _image_size(self):

@@ -645,6 +645,10 @@ class MaskAttentionClassifier(TorchEstimatorMixin, NeuralNetClassifier):
         _, _, feats = self._outputs(X, "features")
         return feats.numpy().astype(np.float32)
 
+    def fit_transform(self, X, y, masks=None, sample_weight=None):
+        """Fit, then return the pooled features of ``X`` (see :meth:`transform`)."""
+        return self.fit(X, y, masks=masks, sample_weight=sample_weight).transform(X)
+
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
         tags.input_tags.three_d_array = True

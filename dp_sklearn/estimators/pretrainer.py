@@ -33,7 +33,7 @@ from ..losses.contrastive import NTXentLoss
 from ..nn.backbones import BACKBONES, build_backbone
 from ..nn.heads import GlobalAvgPool, ProjectionHead
 from ..utils.device import autocast, resolve_device
-from ._torch import TorchEstimatorMixin, _as_size
+from ._torch import InMemoryBatches, TorchEstimatorMixin, _as_size
 from .callbacks import default_callbacks, remaining_epochs
 
 __all__ = ["ContrastivePretrainer", "SimCLRModule", "make_augment", "two_views"]
@@ -147,29 +147,6 @@ def two_views(augment: nn.Module, x: torch.Tensor):
     if x.is_cuda:
         views = views.contiguous(memory_format=torch.channels_last)
     return views[: len(x)], views[len(x):]
-
-
-class _InMemoryBatches:
-    """Batches of an in-memory :class:`XRayDataset` by tensor slicing (no per-item collate).
-
-    Yields ``({"x": (b, 1, H, W)}, None)``; a new random order each pass when
-    ``shuffle`` (from torch's global generator, seeded by ``random_state``).
-    """
-
-    def __init__(self, images: torch.Tensor, batch_size: int, shuffle: bool, drop_last: bool):
-        self.images, self.batch_size, self.shuffle, self.drop_last = images, batch_size, shuffle, drop_last
-
-    def __len__(self):
-        n, b = len(self.images), self.batch_size
-        return n // b if self.drop_last else -(-n // b)
-
-    def __iter__(self):
-        n, b = len(self.images), self.batch_size
-        order = torch.randperm(n) if self.shuffle else None
-        stop = (n // b) * b if self.drop_last else n
-        for start in range(0, stop, b):
-            idx = order[start:start + b] if order is not None else slice(start, start + b)
-            yield {"x": self.images[idx].unsqueeze(1)}, None
 
 
 class ContrastivePretrainer(TorchEstimatorMixin, TransformerMixin, skorch.NeuralNet):
@@ -569,7 +546,7 @@ class ContrastivePretrainer(TorchEstimatorMixin, TransformerMixin, skorch.Neural
         custom = bool(self.get_params_for(prefix)) or (self.iterator_train if training else self.iterator_valid) is not DataLoader
         if isinstance(dataset, XRayDataset) and not dataset.streaming and not self.num_workers and not custom:
             # Fast path: slice one tensor per batch instead of indexing and collating per image.
-            return _InMemoryBatches(dataset.images, self.batch_size, shuffle=training,
+            return InMemoryBatches(dataset.images, self.batch_size, shuffle=training,
                                     drop_last=training and len(dataset) > self.batch_size)
         if not training:
             return super().get_iterator(dataset, training=False)
@@ -612,15 +589,6 @@ class ContrastivePretrainer(TorchEstimatorMixin, TransformerMixin, skorch.Neural
                 y_pred = self.module_(x1=x1, x2=x2)
             loss = self.get_loss(y_pred, yi, X=Xi, training=False)
         return {"loss": loss, "y_pred": y_pred}
-
-    def __setstate__(self, state):
-        super().__setstate__(state)
-        # A model fitted with device="cuda" and unpickled where CUDA is missing: skorch maps
-        # the tensors to the CPU (with a warning); run it there in float32.
-        device = vars(self).get("device_")
-        if isinstance(device, str) and device.startswith("cuda") and not torch.cuda.is_available():
-            vars(self)["device_"] = "cpu"
-            vars(self)["amp_dtype_"] = None
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
