@@ -215,6 +215,8 @@ class DeepPneumoniaClassifier(ClassifierMixin, TransformerMixin, BaseEstimator):
         self
         """
         # Validate everything before any training so bad input never leaves a half-fitted model.
+        if y is None:
+            raise ValueError(f"{type(self).__name__} requires y to be passed, but the target y is None.")
         images = check_images(X)
         y = np.asarray(y)
         if len(y) != len(images):

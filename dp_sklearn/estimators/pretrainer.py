@@ -590,6 +590,16 @@ class ContrastivePretrainer(TorchEstimatorMixin, TransformerMixin, skorch.Neural
             loss = self.get_loss(y_pred, yi, X=Xi, training=False)
         return {"loss": loss, "y_pred": y_pred}
 
+    # skorch's NeuralNet brings predict/predict_proba, which mean nothing for a transformer;
+    # hiding them keeps hasattr() honest for scikit-learn (Pipelines, checks).
+    @property
+    def predict(self):
+        raise AttributeError("ContrastivePretrainer is a transformer: use transform(X) for embeddings.")
+
+    @property
+    def predict_proba(self):
+        raise AttributeError("ContrastivePretrainer is a transformer: use transform(X) for embeddings.")
+
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
         tags.input_tags.two_d_array = False
