@@ -133,7 +133,7 @@ def fold_metrics(Y, proba, test, cols, cols_within, within):
 def run(profile="quick", device="auto", seed=0, only=None, min_pos=5, out=None, data=None, min_pos_pooled=10):
     """Run the benchmark; returns a dict (settings, findings scored, one result row per model).
 
-    ``only``: row-name prefixes to run (e.g. ``["1", "5"]``). ``out``: a folder where the results
+    ``only``: row numbers to run (e.g. ``["1", "5", "5a"]``). ``out``: a folder where the results
     are written (JSON, markdown) after every row, so a cut-off run keeps what it finished.
     """
     from dp_sklearn.datasets import load_cxr1k
@@ -160,8 +160,8 @@ def run(profile="quick", device="auto", seed=0, only=None, min_pos=5, out=None, 
     log(f"{len(X)} images, {p['folds']} folds; findings scored: {result['findings']}; "
         f"within pneumonia: {result['findings_within_pneumonia']}")
     table = rows(p, device, seed, label_names=names)
-    if only:
-        table = [r for r in table if any(r[0].startswith(o) for o in only)]
+    if only:  # row numbers, e.g. ["1", "5", "5a"]
+        table = [r for r in table if r[0].split(".")[0] in {str(o) for o in only}]
     pretrained = {}
     for name, factory, kind in table:
         log(f"model {name}")
@@ -249,7 +249,7 @@ def main(argv=None):
     ap.add_argument("--profile", default="quick", choices=sorted(PROFILES))
     ap.add_argument("--device", default="auto")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--only", nargs="*", help="row-name prefixes, e.g. 1 5")
+    ap.add_argument("--only", nargs="*", help="row numbers, e.g. 1 5 5a")
     ap.add_argument("--min-pos", type=int, default=5)
     ap.add_argument("--min-pos-pooled", type=int, default=10)
     ap.add_argument("--out", type=Path, default=HERE / "results")
