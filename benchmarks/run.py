@@ -55,8 +55,8 @@ from sklearn.preprocessing import FunctionTransformer, StandardScaler  # noqa: E
 
 PROFILES = {
     # ~10 minutes on 2 CPU cores: small images, the tiny backbone, few epochs.
-    "quick": dict(image_size=64, backbone="resnet10t", folds=5, epochs=8, pretrain_epochs=8,
-                  batch_size=64, lr=2e-3, logreg_size=32, speed_batches=6),
+    "quick": dict(image_size=32, backbone="resnet10t", folds=5, epochs=5, pretrain_epochs=5,
+                  batch_size=64, lr=2e-3, logreg_size=24, speed_batches=4, related=False),
     # Paper-scale setting for a GPU.
     "full": dict(image_size=224, backbone="resnet18", folds=5, epochs=40, pretrain_epochs=100,
                  batch_size=64, lr=1e-3, logreg_size=32, speed_batches=30),
@@ -105,6 +105,8 @@ def model_rows(p: dict, device: str, seed: int):
 
     related = [("7." + name.split(".", 1)[1], f, k) for name, f, k in radiomics_rows(p, device, seed)]
     related += [(f"8{letter}. {name}", f, k) for letter, (name, f, k) in zip("ab", ld_rows(p, device, seed))]
+    if not p.get("related", True):
+        related = []  # rows 7-8 cost several times a CNN row on CPU: full profile or --models 7 8
     return [
         ("1. LogisticRegression (pixels)", logreg, "sklearn"),
         ("1b. LogisticRegression + class-balanced", lambda: ClassBalancedWeighting(logreg(), beta=0.999), "sklearn"),
@@ -161,7 +163,8 @@ def run_quality(data, p, device, seed, out: Path, only=None):
     splits = list(cv.split(X, y, groups))
     rows = model_rows(p, device, seed)
     if only:
-        rows = [r for r in rows if any(r[0].startswith(o) for o in only)]
+        rows = [r for r in model_rows(dict(p, related=True), device, seed)
+                if any(r[0].startswith(o) for o in only)]
     pretrainers = {}
     results, oof, attention_examples, fit_speed = [], {}, None, []
     for name, factory, kind in rows:

@@ -32,7 +32,11 @@ def tiny_images():
 
 def pytest_collection_modifyitems(config, items):
     skip_cuda = pytest.mark.skip(reason="needs a CUDA device")
-    if not torch.cuda.is_available():
-        for item in items:
-            if "cuda" in item.keywords:
-                item.add_marker(skip_cuda)
+    long_ok = torch.cuda.is_available() or os.environ.get("DP_SKLEARN_LONG_TESTS") == "1"
+    skip_long = pytest.mark.skip(
+        reason="long learning test (> 10 min on 2 CPU cores): runs on CUDA or with DP_SKLEARN_LONG_TESTS=1")
+    for item in items:
+        if "cuda" in item.keywords and not torch.cuda.is_available():
+            item.add_marker(skip_cuda)
+        if "long" in item.keywords and not long_ok:
+            item.add_marker(skip_long)

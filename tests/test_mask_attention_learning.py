@@ -23,7 +23,7 @@ from sklearn.model_selection import StratifiedGroupKFold
 from dp_sklearn.estimators.mask_attention import MaskAttentionClassifier
 from dp_sklearn.metrics import lesion_focus
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.long]
 
 N_FOLDS = 2
 EPOCHS = 12

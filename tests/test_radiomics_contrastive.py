@@ -300,6 +300,7 @@ def test_input_errors(tiny_images):
 
 # ------------------------------------------------------------------------------ real data
 @pytest.mark.slow
+@pytest.mark.long
 def test_gradcam_boxes_on_held_out_masks_beat_the_plain_cnn(cxr64):
     """cxr1k 64 px, one patient-grouped fold: the radiomics-contrastive model's Grad-CAM boxes overlap the
     held-out lesions more than the plain CNN's (same backbone/epochs/seed).
