@@ -18,14 +18,17 @@ sys.path.insert(0, str(HERE.parent))
 # (module, public names) in the order the reference shows them.
 PUBLIC = [
     ("dp_sklearn.estimators", ["DeepPneumoniaClassifier", "MaskAttentionClassifier", "ContrastivePretrainer",
-                               "ClassBalancedWeighting"]),
+                               "ClassBalancedWeighting", "ClassBalancedSampler", "ImageResampler",
+                               "LocalDiscriminationPretrainer", "MultiLabelMetricClassifier",
+                               "RadiomicsContrastiveClassifier"]),
     ("dp_sklearn.losses", ["ClassBalancedLoss", "NTXentLoss", "SupConLoss"]),
     ("dp_sklearn.nn.backbones", ["build_backbone"]),
     ("dp_sklearn.data.io", ["read_image", "read_images", "XRayReader"]),
     ("dp_sklearn.data.augment", ["RadiographAugment"]),
     ("dp_sklearn.datasets", ["load_cxr1k"]),
     ("dp_sklearn.metrics", ["lesion_focus"]),
-    ("dp_sklearn.tuning", ["tune", "default_search_space"]),
+    ("dp_sklearn.tuning", ["tune", "default_search_space", "OptunaSearchCV"]),
+    ("dp_sklearn.explain", ["GradCAM"]),
     ("dp_sklearn", ["class_balanced_weights"]),
 ]
 
