@@ -373,6 +373,9 @@ def main(argv=None):
     parser.add_argument("--models", nargs="*", help="only rows whose name starts with these prefixes, e.g. 1 2 6")
     parser.add_argument("--skip-speed", action="store_true", help="skip the speed section")
     parser.add_argument("--update-readme", action="store_true", help="write the table into README.md")
+    parser.add_argument("--multilabel", action="store_true",
+                        help="also run the multi-label findings table (dual-weighted metric loss vs BCE vs "
+                             "class-balanced sigmoid; on by default in the full profile)")
     args = parser.parse_args(argv)
 
     import torch
@@ -409,8 +412,19 @@ def main(argv=None):
         "memory": peak_memory(device),
         "seconds": time.perf_counter() - t_start,
     }
-    (out / "results.json").write_text(json.dumps(res, indent=2))
+    if args.multilabel or args.profile == "full":
+        import multilabel_eval
+
+        log("multi-label findings: dual-weighted metric loss vs BCE vs class-balanced sigmoid")
+        ml_profile = {"quick": "cpu", "full": "full", "tiny": "cpu"}[args.profile]
+        res["multilabel"] = multilabel_eval.run(ml_profile, device=device, seed=args.seed,
+                                                only=["1", "2", "4", "5"], out=str(out / "multilabel"))
+    (out / "results.json").write_text(json.dumps(res, indent=2, default=str))
     md = markdown_report(res)
+    if "multilabel" in res:
+        import multilabel_eval
+
+        md += "\n" + multilabel_eval.markdown(res["multilabel"])
     (out / "results.md").write_text(md)
     figures(res, data, oof, att_examples, out)
     print(md)
