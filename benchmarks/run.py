@@ -197,7 +197,8 @@ def run_quality(data, p, device, seed, out: Path, only=None):
             if kind != "sklearn":
                 fit_speed.append({"model": name, "train_images_per_s": len(train) * p["epochs"] / fit_s,
                                   "predict_images_per_s": len(test) / pred_s})
-                held = test[available[test]]
+                # held-out images with a mask that survives the resize to the working resolution
+                held = test[available[test] & masks[test].any(axis=(1, 2))]
                 if len(held) and hasattr(est, "attention_maps"):
                     att = est.attention_maps(X[held])
                     f, a = lesion_focus(att, masks[held])

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import sklearn
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -33,7 +34,8 @@ def test_example_runs(script, argv, tmp_path, monkeypatch, capsys):
         argv = argv + ["--storage", f"sqlite:///{tmp_path / 'study.sqlite3'}"]
     if script == "dicom_folder_predict.py":
         argv = argv + ["--out", str(tmp_path / "out")]
-    load_script(ROOT / "examples" / script).main(argv)
+    with sklearn.config_context():  # an example may switch metadata routing on globally; keep it to this test
+        load_script(ROOT / "examples" / script).main(argv)
     out = capsys.readouterr().out
     assert out.strip()
     if script == "dicom_folder_predict.py":

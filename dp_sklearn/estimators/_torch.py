@@ -59,6 +59,49 @@ class InMemoryBatches:
             yield {"x": self.images[idx].unsqueeze(1)}, None
 
 
+class XRayBatches:
+    """Batches of an in-memory :class:`XRayDataset` by tensor slicing (no per-item collate).
+
+    Yields the same ``(inputs, y)`` batches as a ``DataLoader`` over the dataset would — ``x``,
+    ``mask``, ``has_mask``, ``index`` (and ``sample_weight`` when the dataset has one) — but
+    with one slice per tensor per batch, which matters for small images on CPU.
+    """
+
+    def __init__(self, dataset: XRayDataset, batch_size: int, shuffle: bool, drop_last: bool):
+        self.dataset, self.batch_size, self.shuffle, self.drop_last = dataset, batch_size, shuffle, drop_last
+
+    def __len__(self):
+        n, b = len(self.dataset), self.batch_size
+        return n // b if self.drop_last else -(-n // b)
+
+    def __iter__(self):
+        ds, b = self.dataset, self.batch_size
+        n = len(ds)
+        # Consume the global RNG exactly as a DataLoader does (its workers' base seed, then
+        # RandomSampler's seed), so both paths give one batch order and one augmentation stream.
+        torch.empty((), dtype=torch.int64).random_()
+        if self.shuffle:
+            generator = torch.Generator()
+            generator.manual_seed(int(torch.empty((), dtype=torch.int64).random_().item()))
+            order = torch.randperm(n, generator=generator)
+        else:
+            order = torch.arange(n)
+        stop = (n // b) * b if self.drop_last else n
+        weights = getattr(ds, "sample_weight", None)
+        for start in range(0, stop, b):
+            idx = order[start:start + b]
+            x = ds.images[idx].unsqueeze(1)
+            available = ds.mask_available[idx]
+            if ds.masks is None:
+                mask = torch.zeros_like(x)
+            else:
+                mask = (ds.masks[idx] & available[:, None, None]).unsqueeze(1).to(torch.float32)
+            inputs = {"x": x, "mask": mask, "has_mask": available, "index": idx}
+            if isinstance(weights, torch.Tensor):
+                inputs["sample_weight"] = weights[idx]
+            yield inputs, ds.y[idx]
+
+
 class TorchEstimatorMixin:
     """Shared behaviour of dp_sklearn's skorch estimators (see the module docstring)."""
 
@@ -135,6 +178,14 @@ class TorchEstimatorMixin:
     def get_iterator(self, dataset, training=False):
         prefix = "iterator_train" if training else "iterator_valid"
         kwargs = self.get_params_for(prefix)
+        default_loader = (self.iterator_train if training else self.iterator_valid) is torch.utils.data.DataLoader
+        if (isinstance(dataset, XRayDataset) and not dataset.streaming and not isinstance(dataset.masks, list)
+                and not getattr(self, "num_workers", 0) and default_loader
+                and set(kwargs) <= {"shuffle", "batch_size"}):
+            # Fast path for in-memory arrays: slice tensors per batch instead of collating per image.
+            batch_size = kwargs.get("batch_size", self.batch_size if self.batch_size != -1 else len(dataset))
+            drop_last = training and getattr(self, "drop_last", False) and len(dataset) > batch_size
+            return XRayBatches(dataset, batch_size, shuffle=kwargs.get("shuffle", training), drop_last=drop_last)
         kwargs.setdefault("batch_size", self.batch_size if self.batch_size != -1 else len(dataset))
         if training and "sampler" not in kwargs and "batch_sampler" not in kwargs:
             kwargs.setdefault("shuffle", True)  # skorch's DataLoader default would keep one batch order
