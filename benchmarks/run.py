@@ -54,8 +54,8 @@ from sklearn.pipeline import make_pipeline  # noqa: E402
 from sklearn.preprocessing import FunctionTransformer, StandardScaler  # noqa: E402
 
 PROFILES = {
-    # ~10 minutes on 2 CPU cores: small images, the tiny backbone, few epochs.
-    "quick": dict(image_size=32, backbone="resnet10t", folds=5, epochs=5, pretrain_epochs=5,
+    # About 10 minutes on 2 CPU cores: small images, the tiny backbone, few epochs.
+    "quick": dict(image_size=32, backbone="resnet10t", folds=5, epochs=8, pretrain_epochs=8,
                   batch_size=64, lr=2e-3, logreg_size=24, speed_batches=4, related=False),
     # Paper-scale setting for a GPU.
     "full": dict(image_size=224, backbone="resnet18", folds=5, epochs=40, pretrain_epochs=100,
