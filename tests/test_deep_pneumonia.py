@@ -2,7 +2,6 @@
 imbalanced-learn pipelines, persistence and bad input (plumbing on tiny arrays)."""
 
 import pickle
-import warnings
 
 import joblib
 import numpy as np

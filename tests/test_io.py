@@ -11,7 +11,6 @@ import subprocess
 import sys
 import warnings
 from functools import lru_cache
-from pathlib import Path
 
 import numpy as np
 import pydicom

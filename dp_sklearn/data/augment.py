@@ -10,6 +10,7 @@ operations (brightness, contrast, gamma, Gaussian blur, noise) then touch the im
 
 from __future__ import annotations
 
+import copy
 import math
 import numbers
 
@@ -17,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["RadiographAugment", "resize_batch"]
+__all__ = ["IdentityAugment", "RadiographAugment", "build_augment", "resize_batch"]
 
 
 def _size_pair(size, name: str):
@@ -371,3 +372,47 @@ class RadiographAugment(nn.Module):
             x = self._intensity(x, generator)
         x = x.to(dtype)
         return x if masks is None else (x, masks.to(dtype))
+
+
+class IdentityAugment(nn.Module):
+    """No augmentation, with :class:`RadiographAugment`'s call contract (``augment=False``)."""
+
+    def forward(self, images, masks=None, generator=None):
+        return images if masks is None else (images, masks)
+
+
+def build_augment(augment, defaults=None, *, name="augment") -> nn.Module:
+    """The augmentation module an estimator's ``augment`` parameter asks for.
+
+    Parameters
+    ----------
+    augment : bool, dict or nn.Module
+        ``True``: :class:`RadiographAugment` with ``defaults``; a dict: its arguments on top of
+        ``defaults``; an ``nn.Module``: a deep copy of it; ``False``: :class:`IdentityAugment`.
+    defaults : dict, optional
+        :class:`RadiographAugment` arguments the estimator sets (e.g. ``output_size``).
+    name : str
+        The parameter's name, for the error message.
+
+    Returns
+    -------
+    nn.Module
+
+    Examples
+    --------
+    >>> build_augment({"rotation": 5.0}, {"output_size": (32, 32)}).output_size
+    (32, 32)
+    >>> type(build_augment(False)).__name__
+    'IdentityAugment'
+    """
+    defaults = dict(defaults or {})
+    if augment is True:
+        return RadiographAugment(**defaults)
+    if augment is False:
+        return IdentityAugment()
+    if isinstance(augment, dict):
+        return RadiographAugment(**{**defaults, **augment})
+    if isinstance(augment, nn.Module):
+        return copy.deepcopy(augment)
+    raise TypeError(f"{name} must be a bool, a dict of RadiographAugment arguments or an nn.Module, "
+                    f"got {type(augment).__name__}.")

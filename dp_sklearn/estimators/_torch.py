@@ -24,6 +24,9 @@ import torch
 
 from ..data.dataset import XRayDataset
 from ..utils.device import autocast, resolve_device, resolve_precision, seed_everything
+from sklearn.preprocessing import LabelEncoder
+from sklearn.utils.multiclass import type_of_target
+
 from ..utils.validation import check_images, check_masks
 
 
@@ -171,6 +174,34 @@ class TorchEstimatorMixin:
             return images, masks, available
         masks, available = check_masks(masks, len(images), images.shape[1:], empty_means=empty_means)
         return images, masks, available
+
+    def _encode_y(self, y, n_samples):
+        """Validate class labels and encode them to ``0..k-1``; returns ``(classes, encoded int64)``."""
+        if y is None:
+            raise ValueError(f"y is required: {type(self).__name__} is a supervised classifier.")
+        y = np.asarray(y)
+        if y.ndim == 2 and y.shape[1] == 1:
+            y = y.ravel()
+        if y.ndim != 1:
+            raise ValueError(f"y must be 1-D class labels, got an array of shape {y.shape}.")
+        if len(y) != n_samples:
+            raise ValueError(f"X has {n_samples} images but y has {len(y)} labels.")
+        kind = type_of_target(y, input_name="y")
+        if kind not in ("binary", "multiclass"):
+            raise ValueError(f"y must hold class labels (binary or multi-class), got target type {kind!r}.")
+        encoder = LabelEncoder()
+        if getattr(self, "classes", None) is not None:
+            encoder.fit(np.asarray(self.classes))
+            unknown = np.setdiff1d(np.unique(y), encoder.classes_)
+            if len(unknown):
+                raise ValueError(f"y has labels {unknown.tolist()} that are not in classes={list(self.classes)}.")
+        else:
+            encoder.fit(y)
+        if len(encoder.classes_) < 2:
+            raise ValueError(
+                f"y has a single class ({encoder.classes_.tolist()}); a classifier needs at least two classes."
+            )
+        return encoder.classes_, encoder.transform(y).astype(np.int64)
 
     def _make_dataset(self, images, y=None, masks=None, mask_available=None):
         return XRayDataset(images, y=y, masks=masks, mask_available=mask_available, image_size=self._image_size())

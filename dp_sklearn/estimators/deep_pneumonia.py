@@ -234,7 +234,7 @@ class DeepPneumoniaClassifier(ClassifierMixin, TransformerMixin, BaseEstimator):
                 print(f"[DeepPneumonia] contrastive pre-training on {len(images)} images")
             pretrainer.fit(images)
         if self.verbose:
-            print(f"[DeepPneumonia] fine-tuning the mask-attention classifier")
+            print("[DeepPneumonia] fine-tuning the mask-attention classifier")
         classifier = self._build_classifier(pretrainer).fit(images, y, masks=masks, sample_weight=sample_weight)
         self.pretrainer_ = pretrainer
         self.classifier_ = classifier

@@ -33,7 +33,7 @@ from sklearn.utils.validation import check_is_fitted
 from torch import nn
 from torch.utils.data import DataLoader
 
-from ..data.augment import RadiographAugment
+from ..data.augment import build_augment
 from ..data.dataset import XRayDataset
 from ..losses.local_discrimination import LocalDiscriminationLoss
 from ..nn.backbones import BACKBONES
@@ -50,19 +50,6 @@ _LOSS_TERMS = ("pd_loss", "mixup_loss", "ld_loss", "entropy_loss")
 #: so the two views keep (almost) the same geometry and their patches stay aligned.
 VIEW_AUGMENT_DEFAULTS = dict(crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), rotation=5.0, translate=0.0,
                              scale=(1.0, 1.0), hflip=0.0)
-
-
-def _build_augment(spec, defaults: dict, name: str) -> nn.Module:
-    if spec is True:
-        return RadiographAugment(**defaults)
-    if spec is False:
-        return nn.Identity()
-    if isinstance(spec, dict):
-        return RadiographAugment(**{**defaults, **spec})
-    if isinstance(spec, nn.Module):
-        return copy.deepcopy(spec)
-    raise TypeError(f"{name} must be a bool, a dict of RadiographAugment arguments or an nn.Module, "
-                    f"got {type(spec).__name__}.")
 
 
 def _images_only(out):
@@ -568,9 +555,9 @@ class LocalDiscriminationPretrainer(TorchEstimatorMixin, TransformerMixin, skorc
         super().initialize()
         size = getattr(self, "input_size_", None) or _as_size(self.image_size)
         shared = {"output_size": tuple(size), "intensity": False} if size is not None else {"intensity": False}
-        vars(self)["augment_"] = _build_augment(self.augment, shared, "augment").to(self.device_)
-        vars(self)["view_augment_"] = _build_augment(self.view_augment, VIEW_AUGMENT_DEFAULTS,
-                                                     "view_augment").to(self.device_)
+        vars(self)["augment_"] = build_augment(self.augment, shared, name="augment").to(self.device_)
+        vars(self)["view_augment_"] = build_augment(self.view_augment, VIEW_AUGMENT_DEFAULTS,
+                                                    name="view_augment").to(self.device_)
         return self
 
     def get_iterator(self, dataset, training=False):

@@ -17,21 +17,20 @@ from numbers import Integral, Real
 
 import numpy as np
 import torch
-from sklearn.preprocessing import LabelEncoder
 from sklearn.utils import TransformerTags
 from sklearn.utils._param_validation import Interval, StrOptions, validate_parameter_constraints
-from sklearn.utils.multiclass import type_of_target
 from sklearn.utils.validation import check_is_fitted
 from skorch import NeuralNetClassifier
 from skorch.callbacks import PassthroughScoring, PrintLog
 from torch import nn
 
+from ..data.augment import build_augment
 from ..data.dataset import XRayDataset
 from ..losses.attention import LesionContrastiveLoss, MaskAttentionLoss, make_alignment_loss
 from ..losses.class_balanced import ClassBalancedLoss, init_last_layer_bias
 from ..nn.attention import MaskAttentionNet
 from ..nn.backbones import build_backbone
-from ..utils.validation import check_images, check_masks
+from ..utils.validation import check_images
 from ._torch import TorchEstimatorMixin
 from .callbacks import default_callbacks, remaining_epochs
 
@@ -51,19 +50,6 @@ class _WeightedDataset(XRayDataset):
         inputs, y = super().__getitem__(i)
         inputs["sample_weight"] = self.sample_weight[i]
         return inputs, y
-
-
-class _NoAugment(nn.Module):
-    """Identity augmentation (``augment=False``): returns images and masks unchanged."""
-
-    def forward(self, images, masks=None):
-        return images, masks
-
-
-def _augment_class():
-    from ..data.augment import RadiographAugment  # imported lazily: only training with augment=True needs it
-
-    return RadiographAugment
 
 
 class MaskAttentionClassifier(TorchEstimatorMixin, NeuralNetClassifier):
@@ -321,48 +307,6 @@ class MaskAttentionClassifier(TorchEstimatorMixin, NeuralNetClassifier):
             if len(size) != 2 or any(not isinstance(s, Integral) or s < 8 for s in size):
                 raise ValueError(f"image_size must be an int >= 8, a (height, width) pair or None, got {self.image_size!r}.")
 
-    def _check_inputs(self, X, masks=None):
-        """Validate images and masks (``empty_mask_means`` decides what an empty mask is)."""
-        images = check_images(X, min_samples=1)
-        if isinstance(images, list):
-            if masks is None:
-                return images, None, np.zeros(len(images), dtype=bool)
-            if isinstance(masks, (list, tuple)) and all(m is None or isinstance(m, str) for m in masks):
-                if len(masks) != len(images):
-                    raise ValueError(f"masks has {len(masks)} entries but there are {len(images)} images.")
-                return images, list(masks), np.array([m is not None for m in masks])
-            masks, available = check_masks(masks, len(images), self._image_size(), empty_means=self.empty_mask_means)
-            return images, masks, available
-        masks, available = check_masks(masks, len(images), images.shape[1:], empty_means=self.empty_mask_means)
-        return images, masks, available
-
-    def _encode_y(self, y, n_samples):
-        if y is None:
-            raise ValueError("y is required: MaskAttentionClassifier is a supervised classifier.")
-        y = np.asarray(y)
-        if y.ndim == 2 and y.shape[1] == 1:
-            y = y.ravel()
-        if y.ndim != 1:
-            raise ValueError(f"y must be 1-D class labels, got an array of shape {y.shape}.")
-        if len(y) != n_samples:
-            raise ValueError(f"X has {n_samples} images but y has {len(y)} labels.")
-        kind = type_of_target(y, input_name="y")
-        if kind not in ("binary", "multiclass"):
-            raise ValueError(f"y must hold class labels (binary or multi-class), got target type {kind!r}.")
-        encoder = LabelEncoder()
-        if self.classes is not None:
-            encoder.fit(np.asarray(self.classes))
-            unknown = np.setdiff1d(np.unique(y), encoder.classes_)
-            if len(unknown):
-                raise ValueError(f"y has labels {unknown.tolist()} that are not in classes={list(self.classes)}.")
-        else:
-            encoder.fit(y)
-        if len(encoder.classes_) < 2:
-            raise ValueError(
-                f"y has a single class ({encoder.classes_.tolist()}); a classifier needs at least two classes."
-            )
-        return encoder.classes_, encoder.transform(y).astype(np.int64)
-
     # ------------------------------------------------------------------ building
     def _mask_terms_on(self):
         return self.attention_weight > 0 or self.contrastive_weight > 0
@@ -421,18 +365,8 @@ class MaskAttentionClassifier(TorchEstimatorMixin, NeuralNetClassifier):
         return self
 
     def _build_augmenter(self):
-        aug = self.augment
-        if aug is False or aug is None:
-            return _NoAugment()
-        if isinstance(aug, nn.Module):
-            return copy.deepcopy(aug)
-        kwargs = {}
         size = self._image_size()
-        if size is not None:
-            kwargs["output_size"] = size
-        if isinstance(aug, dict):
-            kwargs.update(aug)
-        return _augment_class()(**kwargs)
+        return build_augment(self.augment, None if size is None else {"output_size": size})
 
     def initialize_criterion(self):
         beta = float(self.class_balance_beta)

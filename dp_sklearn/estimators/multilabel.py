@@ -26,12 +26,12 @@ import torch
 import torch.nn.functional as F
 from sklearn.base import ClassifierMixin
 from sklearn.utils._param_validation import Interval, StrOptions, validate_parameter_constraints
-from sklearn.utils.multiclass import type_of_target
 from sklearn.utils.validation import check_is_fitted
 from skorch import NeuralNet
 from skorch.callbacks import PassthroughScoring, PrintLog
 from torch import nn
 
+from ..data.augment import build_augment
 from ..losses.class_balanced import ClassBalancedLoss
 from ..losses.metric import DualWeightedMetricLoss, PrototypeConsistencyLoss
 from ..nn.backbones import build_backbone
@@ -232,19 +232,6 @@ class MultiLabelLoss(nn.Module):
         else:
             terms["consistency_loss"] = torch.zeros((), device=logits.device)
         return total, terms
-
-
-def _build_augment(augment, size):
-    if augment is False or augment is None:
-        return None
-    if isinstance(augment, nn.Module):
-        return copy.deepcopy(augment)
-    from ..data.augment import RadiographAugment  # lazily: only training with augment=True needs it
-
-    kwargs = {} if size is None else {"output_size": tuple(size)}
-    if isinstance(augment, dict):
-        kwargs.update(augment)
-    return RadiographAugment(**kwargs)
 
 
 class MultiLabelMetricClassifier(TorchEstimatorMixin, ClassifierMixin, NeuralNet):
@@ -558,7 +545,8 @@ class MultiLabelMetricClassifier(TorchEstimatorMixin, ClassifierMixin, NeuralNet
                       scale=float(self.scale), prior=prior, dropout=float(self.dropout))
         kwargs.update(self.get_params_for("module"))
         self.module_ = self.module(backbone=backbone, n_labels=n_labels, **kwargs)
-        vars(self)["augmenter_"] = _build_augment(self.augment, self._image_size())
+        size = self._image_size()
+        vars(self)["augmenter_"] = build_augment(self.augment, None if size is None else {"output_size": size})
         return self
 
     def initialize_criterion(self):

@@ -27,7 +27,7 @@ from sklearn.utils.validation import check_is_fitted
 from torch import nn
 from torch.utils.data import DataLoader
 
-from ..data.augment import RadiographAugment
+from ..data.augment import build_augment
 from ..data.dataset import XRayDataset
 from ..losses.contrastive import NTXentLoss
 from ..nn.backbones import BACKBONES, build_backbone
@@ -121,16 +121,7 @@ def make_augment(augment, image_size) -> nn.Module:
     -------
     nn.Module
     """
-    if augment is True:
-        return RadiographAugment(output_size=tuple(image_size))
-    if augment is False:
-        return nn.Identity()
-    if isinstance(augment, dict):
-        kwargs = {"output_size": tuple(image_size), **augment}
-        return RadiographAugment(**kwargs)
-    if isinstance(augment, nn.Module):
-        return copy.deepcopy(augment)
-    raise TypeError(f"augment must be a bool, a dict of RadiographAugment arguments or an nn.Module, got {type(augment).__name__}.")
+    return build_augment(augment, {"output_size": tuple(image_size)})
 
 
 def two_views(augment: nn.Module, x: torch.Tensor):

@@ -19,23 +19,20 @@ from numbers import Integral, Real
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from sklearn.preprocessing import LabelEncoder
-from sklearn.utils._param_validation import Interval, StrOptions, validate_parameter_constraints
-from sklearn.utils.multiclass import type_of_target
+from sklearn.utils._param_validation import Interval, validate_parameter_constraints
 from sklearn.utils.validation import check_is_fitted
 from skorch import NeuralNetClassifier
 from skorch.callbacks import Callback, PassthroughScoring, PrintLog
 from torch import nn
 
 from ..explain import GradCAM, cam_to_region
+from ..data.augment import build_augment
 from ..losses.class_balanced import ClassBalancedLoss, init_last_layer_bias
 from ..losses.contrastive import NTXentLoss
 from ..nn.backbones import build_backbone
 from ..nn.heads import ProjectionHead
 from ..radiomics import FEATURE_NAMES, apply_minmax, fit_minmax, radiomic_features
-from ..utils.device import autocast
-from ..utils.validation import check_images, check_masks
+from ..utils.validation import check_images
 from ._torch import TorchEstimatorMixin
 from .callbacks import default_callbacks, remaining_epochs
 
@@ -136,11 +133,6 @@ class RadiomicsFeedback(Callback):
         if dataset_train is not None and (epoch - 1) % every == 0:
             net.refresh_regions(dataset_train)
             net.history.record("feedback", True)
-
-
-class _NoAugment(nn.Module):
-    def forward(self, images, masks=None):
-        return images, masks
 
 
 class RadiomicsContrastiveClassifier(TorchEstimatorMixin, NeuralNetClassifier):
@@ -358,26 +350,6 @@ class RadiomicsContrastiveClassifier(TorchEstimatorMixin, NeuralNetClassifier):
         if any(not isinstance(h, Integral) or h < 1 for h in hidden):
             raise ValueError(f"radiomics_hidden must be a tuple of positive ints, got {self.radiomics_hidden!r}.")
 
-    def _encode_y(self, y, n_samples):
-        if y is None:
-            raise ValueError("y is required: RadiomicsContrastiveClassifier is a supervised classifier.")
-        y = np.asarray(y)
-        if y.ndim == 2 and y.shape[1] == 1:
-            y = y.ravel()
-        if y.ndim != 1:
-            raise ValueError(f"y must be 1-D class labels, got an array of shape {y.shape}.")
-        if len(y) != n_samples:
-            raise ValueError(f"X has {n_samples} images but y has {len(y)} labels.")
-        kind = type_of_target(y, input_name="y")
-        if kind not in ("binary", "multiclass"):
-            raise ValueError(f"y must hold class labels (binary or multi-class), got target type {kind!r}.")
-        encoder = LabelEncoder().fit(y)
-        if len(encoder.classes_) < 2:
-            raise ValueError(
-                f"y has a single class ({encoder.classes_.tolist()}); a classifier needs at least two classes."
-            )
-        return encoder.classes_, encoder.transform(y).astype(np.int64)
-
     # ------------------------------------------------------------------ building
     def initialize_module(self):
         n_classes = getattr(self, "n_classes_", None)
@@ -398,20 +370,8 @@ class RadiomicsContrastiveClassifier(TorchEstimatorMixin, NeuralNetClassifier):
         return self
 
     def _build_augmenter(self):
-        aug = self.augment
-        if aug is False or aug is None:
-            return _NoAugment()
-        if isinstance(aug, nn.Module):
-            return copy.deepcopy(aug)
-        from ..data.augment import RadiographAugment
-
-        kwargs = {}
         size = self._image_size()
-        if size is not None:
-            kwargs["output_size"] = size
-        if isinstance(aug, dict):
-            kwargs.update(aug)
-        return RadiographAugment(**kwargs)
+        return build_augment(self.augment, None if size is None else {"output_size": size})
 
     def initialize_criterion(self):
         cls = ClassBalancedLoss(loss_type="focal", beta=float(self.class_balance_beta), gamma=float(self.focal_gamma))
