@@ -17,6 +17,12 @@ Mean and standard deviation over folds are printed and written as JSON.
 Example (CPU-affordable)::
 
     python benchmarks/mask_attention_eval.py --image-size 64 --epochs 3 --folds 2
+
+On a 2-core machine the folds can be split over two processes and summarised together::
+
+    OMP_NUM_THREADS=1 python benchmarks/mask_attention_eval.py --fold-ids 0 2 4 --out a.json &
+    OMP_NUM_THREADS=1 python benchmarks/mask_attention_eval.py --fold-ids 1 3 --out b.json
+    python benchmarks/mask_attention_eval.py --merge a.json b.json
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ VARIANTS = {
     "no_guidance": {"attention_weight": 0.0},
     "plain": {"attention_weight": 0.0, "contrastive_weight": 0.0, "class_balance_beta": 0.0, "pooling": "avg"},
 }
+METRICS = ("macro_auc", "balanced_accuracy", "lesion_focus", "focus_lift")
 
 
 def evaluate_fold(data, train, test, params, variants=VARIANTS):
@@ -62,6 +69,23 @@ def evaluate_fold(data, train, test, params, variants=VARIANTS):
     return out
 
 
+def summarize(folds, settings):
+    """Print and return mean ± std over folds of each variant's metrics, and the full - plain AUC gap."""
+    summary = {}
+    for v in VARIANTS:
+        summary[v] = {}
+        for key in METRICS:
+            vals = np.array([f[v][key] for f in folds])
+            summary[v][key] = {"mean": float(vals.mean()), "std": float(vals.std(ddof=1)) if len(vals) > 1 else 0.0}
+    gap = np.array([f["full"]["macro_auc"] - f["plain"]["macro_auc"] for f in folds])
+    summary["full_minus_plain_auc"] = {"mean": float(gap.mean()), "per_fold": gap.round(4).tolist()}
+    print(f"summary over {len(folds)} fold(s) ({settings}):")
+    for v in VARIANTS:
+        print(f"  {v:12s} " + "  ".join(f"{k} {summary[v][k]['mean']:.4f} ± {summary[v][k]['std']:.4f}" for k in METRICS))
+    print(f"  macro-AUC full - plain: {gap.mean():+.4f} (per fold {gap.round(4).tolist()})")
+    return summary
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--image-size", type=int, default=128)
@@ -74,8 +98,15 @@ def main(argv=None):
     parser.add_argument("--n-splits", type=int, default=5)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--fold-ids", type=int, nargs="+", default=None,
+                        help="run exactly these folds (0-based) instead of the first --folds")
     parser.add_argument("--out", default=None, help="JSON file for the per-fold and summary numbers")
+    parser.add_argument("--merge", nargs="+", default=None, metavar="JSON",
+                        help="summarise the folds of earlier --out files together, train nothing")
     args = parser.parse_args(argv)
+    if args.merge:
+        runs = [json.load(open(path)) for path in args.merge]
+        return summarize([f for run in runs for f in run["folds"]], [run["args"] for run in runs])
 
     data = load_cxr1k(image_size=args.image_size)
     params = dict(
@@ -86,23 +117,15 @@ def main(argv=None):
     splitter = StratifiedGroupKFold(args.n_splits, shuffle=True, random_state=0)
     folds = []
     for k, (train, test) in enumerate(splitter.split(data.images, data.target, data.groups)):
-        if k >= args.folds:
-            break
+        if (k not in args.fold_ids) if args.fold_ids is not None else (k >= args.folds):
+            continue
         res = evaluate_fold(data, train, test, params)
-        folds.append(res)
         print(f"fold {k}: " + "; ".join(
             f"{v}: auc {m['macro_auc']:.4f} bacc {m['balanced_accuracy']:.4f} focus {m['lesion_focus']:.3f} "
             f"(area {m['mask_area']:.3f}, lift {m['focus_lift']:.2f}) {m['fit_seconds']:.0f}s"
             for v, m in res.items()), flush=True)
-    summary = {}
-    for v in VARIANTS:
-        summary[v] = {}
-        for key in ("macro_auc", "balanced_accuracy", "lesion_focus", "focus_lift"):
-            vals = np.array([f[v][key] for f in folds])
-            summary[v][key] = {"mean": float(vals.mean()), "std": float(vals.std(ddof=1)) if len(vals) > 1 else 0.0}
-    print(f"summary over {len(folds)} fold(s) ({vars(args)}):")
-    for v, s in summary.items():
-        print(f"  {v:12s} " + "  ".join(f"{k} {s[k]['mean']:.4f} ± {s[k]['std']:.4f}" for k in s))
+        folds.append({**res, "fold": k})
+    summary = summarize(folds, vars(args))
     if args.out:
         with open(args.out, "w") as f:
             json.dump({"args": vars(args), "folds": folds, "summary": summary}, f, indent=2)

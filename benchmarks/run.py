@@ -93,11 +93,16 @@ def model_rows(p: dict, device: str, seed: int):
                              LogisticRegression(C=0.01, max_iter=2000))
 
     def cnn(**overrides):
+        # Rows 2-4: a plain CNN head (global average pooling); rows 5-6 switch on the attention
+        # branch with the classifier's defaults (alignment weight, pooling, contrastive weight).
         params = dict(backbone=p["backbone"], image_size=p["image_size"], max_epochs=p["epochs"],
                       batch_size=p["batch_size"], lr=p["lr"], device=device, random_state=seed, verbose=0,
-                      attention_weight=0.0, contrastive_weight=0.0, class_balance_beta=0.0)
+                      attention_weight=0.0, contrastive_weight=0.0, class_balance_beta=0.0, pooling="avg")
         params.update(overrides)
         return lambda: MaskAttentionClassifier(**params)
+
+    deep_pneumonia = {k: v for k, v in MaskAttentionClassifier().get_params().items()
+                      if k in ("attention_weight", "contrastive_weight", "pooling")}
 
     from local_discrimination_eval import rows as ld_rows
     from radiomics_eval import rows as radiomics_rows
@@ -112,9 +117,10 @@ def model_rows(p: dict, device: str, seed: int):
         ("2. CNN, cross-entropy", cnn(), "cnn"),
         ("3. + class-balanced loss", cnn(class_balance_beta=0.999), "cnn"),
         ("4. + contrastive pre-training", cnn(class_balance_beta=0.999), "pretrained"),
-        ("5. + mask-guided hard attention", cnn(class_balance_beta=0.999, attention_weight=1.0), "pretrained"),
+        ("5. + mask-guided hard attention", cnn(**{**deep_pneumonia, "class_balance_beta": 0.999,
+                                                   "contrastive_weight": 0.0}), "pretrained"),
         ("6. + contrastive regulation (Deep Pneumonia)",
-         cnn(class_balance_beta=0.999, attention_weight=1.0, contrastive_weight=0.1), "pretrained"),
+         cnn(**deep_pneumonia, class_balance_beta=0.999), "pretrained"),
     ] + related
 
 

@@ -61,7 +61,7 @@ def test_string_labels_round_trip(data):
 def test_params_flat_and_nested():
     clf = DeepPneumoniaClassifier(pretrainer=ContrastivePretrainer(max_epochs=3))
     params = clf.get_params(deep=True)
-    assert params["pretrainer__max_epochs"] == 3 and params["attention_weight"] == 1.0
+    assert params["pretrainer__max_epochs"] == 3 and params["attention_weight"] == 5.0
     clf.set_params(pretrainer__max_epochs=5, attention_weight=0.0)
     assert clf.pretrainer.max_epochs == 5 and clf.attention_weight == 0.0
     c2 = clone(clf)

@@ -48,7 +48,7 @@ def test_fit_predict_shapes_and_labels(data):
     assert proba.shape == (12, 3) and proba.dtype == np.float32
     np.testing.assert_allclose(proba.sum(1), 1, atol=1e-5)
     assert set(clf.predict(X)) <= set(clf.classes_)
-    assert clf.transform(X).shape == (12, clf.module_.out_channels)
+    assert clf.transform(X).shape == (12, 2 * clf.module_.out_channels)  # [avg_pool(F), pool(F * A)]
     assert 0.0 <= clf.score(X, y) <= 1.0
     assert clf.n_masks_ == 6
     for term in ("cls_loss", "align_loss", "contrast_loss"):  # the loss terms are visible per epoch
@@ -220,6 +220,7 @@ def _plain_loop(X, y, epochs, batch_size, lr, weight_decay, pooling):
     net = MaskAttentionNet(build_backbone("resnet10t", in_channels=1), n_classes=3, hard_attention="none",
                            pooling=pooling)
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=weight_decay)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs)
     ds = XRayDataset(X, y=y, image_size=(32, 32))
     loss_fn = torch.nn.CrossEntropyLoss()
     for _ in range(epochs):
@@ -229,6 +230,7 @@ def _plain_loop(X, y, epochs, batch_size, lr, weight_decay, pooling):
             logits, _ = net(inputs["x"])
             loss_fn(logits, target).backward()
             opt.step()
+        schedule.step()
     net.eval()
     with torch.no_grad():
         logits, _ = net(torch.from_numpy(X)[:, None])

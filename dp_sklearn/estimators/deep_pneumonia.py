@@ -50,7 +50,7 @@ class DeepPneumoniaClassifier(ClassifierMixin, TransformerMixin, BaseEstimator):
         NT-Xent temperature of the pre-training.
     projection_dim : int, default=128
         Output size of the pre-training projection head.
-    attention_weight : float, default=1.0
+    attention_weight : float, default=5.0
         Weight of the mask alignment loss; 0 also switches mask-guided hard attention off.
     contrastive_weight : float, default=0.1
         Weight of the contrastive regulation loss; 0 switches it off.
@@ -62,13 +62,17 @@ class DeepPneumoniaClassifier(ClassifierMixin, TransformerMixin, BaseEstimator):
     focal_gamma : float, default=0.5
     hard_attention : {"multiply", "replace"}, default="multiply"
         How a training mask acts on the attention map: ``A * M`` or ``M``.
-    alignment_loss : {"dice", "bce"}, default="dice"
+    alignment_loss : {"dice", "bce", "bce+dice"}, default="dice"
         Loss pulling the attention map towards the mask.
+    pooling : {"attention+avg", "attention", "avg"}, default="attention+avg"
+        What the classifier head sees, see :class:`MaskAttentionClassifier`.
     max_epochs : int, default=30
         Fine-tuning epochs.
     lr : float, default=1e-3
         Fine-tuning learning rate.
     weight_decay : float, default=1e-4
+    lr_schedule : {"cosine", "constant"}, default="cosine"
+        Fine-tuning learning-rate schedule, see :class:`MaskAttentionClassifier`.
     batch_size : int, default=32
     augment : bool or dict, default=True
         Radiograph augmentations (both stages); a dict gives
@@ -118,7 +122,7 @@ class DeepPneumoniaClassifier(ClassifierMixin, TransformerMixin, BaseEstimator):
         pretrain_lr=1e-3,
         pretrain_temperature=0.2,
         projection_dim=128,
-        attention_weight=1.0,
+        attention_weight=5.0,
         contrastive_weight=0.1,
         temperature=0.1,
         class_balance_beta=0.999,
@@ -126,9 +130,11 @@ class DeepPneumoniaClassifier(ClassifierMixin, TransformerMixin, BaseEstimator):
         focal_gamma=0.5,
         hard_attention="multiply",
         alignment_loss="dice",
+        pooling="attention+avg",
         max_epochs=30,
         lr=1e-3,
         weight_decay=1e-4,
+        lr_schedule="cosine",
         batch_size=32,
         augment=True,
         checkpoint_dir=None,
@@ -154,9 +160,11 @@ class DeepPneumoniaClassifier(ClassifierMixin, TransformerMixin, BaseEstimator):
         self.focal_gamma = focal_gamma
         self.hard_attention = hard_attention
         self.alignment_loss = alignment_loss
+        self.pooling = pooling
         self.max_epochs = max_epochs
         self.lr = lr
         self.weight_decay = weight_decay
+        self.lr_schedule = lr_schedule
         self.batch_size = batch_size
         self.augment = augment
         self.checkpoint_dir = checkpoint_dir
@@ -191,8 +199,9 @@ class DeepPneumoniaClassifier(ClassifierMixin, TransformerMixin, BaseEstimator):
             attention_weight=self.attention_weight, contrastive_weight=self.contrastive_weight,
             temperature=self.temperature, class_balance_beta=self.class_balance_beta, loss_type=self.loss_type,
             focal_gamma=self.focal_gamma, hard_attention=self.hard_attention,
-            alignment_loss=self.alignment_loss, max_epochs=self.max_epochs,
-            lr=self.lr, weight_decay=self.weight_decay, batch_size=self.batch_size, augment=self.augment,
+            alignment_loss=self.alignment_loss, pooling=self.pooling, max_epochs=self.max_epochs,
+            lr=self.lr, weight_decay=self.weight_decay, lr_schedule=self.lr_schedule,
+            batch_size=self.batch_size, augment=self.augment,
             checkpoint_dir=self._subdir("classifier"), device=self.device, precision=self.precision,
             num_workers=self.num_workers, random_state=self.random_state, verbose=self.verbose,
         )

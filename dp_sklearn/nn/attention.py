@@ -30,7 +30,7 @@ from .heads import ProjectionHead
 __all__ = ["MaskAttentionNet", "downsample_mask", "weighted_pool"]
 
 _HARD = ("multiply", "replace", "none")
-_POOLING = ("attention", "avg")
+_POOLING = ("attention", "avg", "attention+avg")
 _DOWNSAMPLE = ("area", "max")
 
 
@@ -117,10 +117,13 @@ class MaskAttentionNet(nn.Module):
         ``"multiply"``: ``A * M`` (evidence outside the lesion is cut off, ``A`` still gets the
         classification gradient inside it); ``"replace"``: ``M`` (pool exactly over the lesion;
         ``A`` learns from the alignment loss only); ``"none"``: masks do not touch pooling.
-    pooling : {"attention", "avg"}, default="attention"
+    pooling : {"attention", "avg", "attention+avg"}, default="attention"
         ``"attention"``: pool with the learned map ``A``. ``"avg"``: uniform pooling (a plain CNN
         classifier; the attention branch then only learns from the alignment loss, and hard
-        attention pools over the mask, ``1 * M``).
+        attention pools over the mask, ``1 * M``). ``"attention+avg"``: the classifier sees both,
+        ``[avg_pool(F), pool(F * A)]`` (``2C`` features): a global branch for evidence that is
+        not in a lesion (a normal or diffusely abnormal lung) next to the lesion-attended branch;
+        hard attention and the contrastive terms act on the attended half.
     mask_downsample : {"area", "max"}, default="area"
         How masks reach the feature grid, see :func:`downsample_mask`.
     dropout : float, default=0.0
@@ -136,7 +139,10 @@ class MaskAttentionNet(nn.Module):
     Attributes
     ----------
     out_channels : int
-        ``C``, the dimension of the pooled features (``aux["features"]``).
+        ``C``, the backbone's feature channels.
+    feature_dim : int
+        Size of the classifier's input (``aux["features"]``): ``2C`` for
+        ``pooling="attention+avg"``, else ``C``.
     stride : int or None
         The backbone's stride, when it has one.
 
@@ -146,8 +152,9 @@ class MaskAttentionNet(nn.Module):
 
     - ``logits``: ``(N, n_classes)``;
     - ``aux["attention_logits"]``: ``(N, 1, h, w)``, pre-sigmoid attention ``a``;
-    - ``aux["features"]``: ``(N, C)`` float32, the test-time pooled features ``pool(F * A)``
-      (uniform pooling when ``pooling="avg"``).
+    - ``aux["features"]``: ``(N, feature_dim)`` float32, the test-time pooled features ``pool(F * A)``
+      (with ``avg_pool(F)`` in front for ``pooling="attention+avg"``; uniform pooling when
+      ``pooling="avg"``).
 
     When ``mask`` (``(N, 1, H, W)``) and ``has_mask`` (``(N,)`` bool) are given (training), also:
 
@@ -210,7 +217,7 @@ class MaskAttentionNet(nn.Module):
         nn.init.zeros_(self.attention[2].weight)
         nn.init.zeros_(self.attention[2].bias)
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
-        self.classifier = nn.Linear(channels, n_classes)
+        self.classifier = nn.Linear(2 * channels if pooling == "attention+avg" else channels, n_classes)
         self.projector = None
         if projection_dim is not None:
             self.projector = ProjectionHead(
@@ -222,10 +229,18 @@ class MaskAttentionNet(nn.Module):
         self.mask_downsample = mask_downsample
         self.n_classes = n_classes
         self.out_channels = channels
+        self.feature_dim = self.classifier.in_features
         self.stride = getattr(backbone, "stride", None)
 
     def _pool_map(self, attention: torch.Tensor) -> torch.Tensor:
-        return attention if self.pooling == "attention" else torch.ones_like(attention)
+        return torch.ones_like(attention) if self.pooling == "avg" else attention
+
+    def _head_input(self, feats: torch.Tensor, attended: torch.Tensor) -> torch.Tensor:
+        """What the classifier sees: the attended features, with the global average in front for
+        ``pooling="attention+avg"``."""
+        if self.pooling != "attention+avg":
+            return attended
+        return torch.cat([feats.float().mean(dim=(2, 3)), attended], dim=1)
 
     def forward(self, x: torch.Tensor, mask=None, has_mask=None):
         feats = self.backbone(x)
@@ -236,7 +251,7 @@ class MaskAttentionNet(nn.Module):
 
         if mask is None:
             # Prediction path: the learned attention only, masks are never used.
-            pooled = weighted_pool(feats, plain_map)
+            pooled = self._head_input(feats, weighted_pool(feats, plain_map))
             aux["features"] = pooled
             return self.classifier(self.dropout(pooled)), aux
 
@@ -249,18 +264,17 @@ class MaskAttentionNet(nn.Module):
             hard = plain_map * grid if self.hard_attention == "multiply" else grid
             pool_map = torch.where(has[:, None, None, None], hard, plain_map)
         pooled = weighted_pool(feats, pool_map)
-        logits = self.classifier(self.dropout(pooled))
+        logits = self.classifier(self.dropout(self._head_input(feats, pooled)))
         aux.update(mask_grid=grid, has_mask=has)
-        if self.hard_attention != "none":
-            aux["features"] = weighted_pool(feats, plain_map)
-        else:
-            aux["features"] = pooled
+        # The test-time features (what prediction would pool with the learned A alone).
+        attended = weighted_pool(feats, plain_map) if self.hard_attention != "none" else pooled
+        aux["features"] = self._head_input(feats, attended)
 
         if self.projector is not None:
             lesion_feats, lesion_grid = feats[has], grid[has]
             f_lesion = weighted_pool(lesion_feats, lesion_grid)
             f_background = weighted_pool(lesion_feats, 1.0 - lesion_grid)
-            z = self.projector(torch.cat([aux["features"], f_lesion, f_background]))
+            z = self.projector(torch.cat([attended, f_lesion, f_background]))
             z = F.normalize(z.float(), dim=1)
             n, k = len(pooled), int(has.sum())
             aux["z"], aux["z_lesion"], aux["z_background"] = z[:n], z[n:n + k], z[n + k:]
