@@ -23,6 +23,9 @@ On a 2-core machine the folds can be split over two processes and summarised tog
     OMP_NUM_THREADS=1 python benchmarks/mask_attention_eval.py --fold-ids 0 2 4 --out a.json &
     OMP_NUM_THREADS=1 python benchmarks/mask_attention_eval.py --fold-ids 1 3 --out b.json
     python benchmarks/mask_attention_eval.py --merge a.json b.json
+
+The runs are deterministic on one device (same seed, same numbers), so ``--variants`` can refit
+only the variants a change touches and ``--merge`` can put runs together per fold.
 """
 
 from __future__ import annotations
@@ -71,18 +74,20 @@ def evaluate_fold(data, train, test, params, variants=VARIANTS):
 
 def summarize(folds, settings):
     """Print and return mean ± std over folds of each variant's metrics, and the full - plain AUC gap."""
+    variants = [v for v in VARIANTS if all(v in f for f in folds)]
     summary = {}
-    for v in VARIANTS:
+    for v in variants:
         summary[v] = {}
         for key in METRICS:
             vals = np.array([f[v][key] for f in folds])
             summary[v][key] = {"mean": float(vals.mean()), "std": float(vals.std(ddof=1)) if len(vals) > 1 else 0.0}
-    gap = np.array([f["full"]["macro_auc"] - f["plain"]["macro_auc"] for f in folds])
-    summary["full_minus_plain_auc"] = {"mean": float(gap.mean()), "per_fold": gap.round(4).tolist()}
     print(f"summary over {len(folds)} fold(s) ({settings}):")
-    for v in VARIANTS:
+    for v in variants:
         print(f"  {v:12s} " + "  ".join(f"{k} {summary[v][k]['mean']:.4f} ± {summary[v][k]['std']:.4f}" for k in METRICS))
-    print(f"  macro-AUC full - plain: {gap.mean():+.4f} (per fold {gap.round(4).tolist()})")
+    if {"full", "plain"} <= set(variants):
+        gap = np.array([f["full"]["macro_auc"] - f["plain"]["macro_auc"] for f in folds])
+        summary["full_minus_plain_auc"] = {"mean": float(gap.mean()), "per_fold": gap.round(4).tolist()}
+        print(f"  macro-AUC full - plain: {gap.mean():+.4f} (per fold {gap.round(4).tolist()})")
     return summary
 
 
@@ -100,13 +105,19 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--fold-ids", type=int, nargs="+", default=None,
                         help="run exactly these folds (0-based) instead of the first --folds")
+    parser.add_argument("--variants", nargs="+", choices=sorted(VARIANTS), default=list(VARIANTS),
+                        help="fit only these variants")
     parser.add_argument("--out", default=None, help="JSON file for the per-fold and summary numbers")
     parser.add_argument("--merge", nargs="+", default=None, metavar="JSON",
                         help="summarise the folds of earlier --out files together, train nothing")
     args = parser.parse_args(argv)
     if args.merge:
         runs = [json.load(open(path)) for path in args.merge]
-        return summarize([f for run in runs for f in run["folds"]], [run["args"] for run in runs])
+        merged = {}  # fold -> {variant: metrics}; a later file's variant replaces an earlier one's
+        for run in runs:
+            for fold in run["folds"]:
+                merged.setdefault(fold["fold"], {}).update(fold)
+        return summarize([merged[k] for k in sorted(merged)], [run["args"] for run in runs])
 
     data = load_cxr1k(image_size=args.image_size)
     params = dict(
@@ -119,7 +130,7 @@ def main(argv=None):
     for k, (train, test) in enumerate(splitter.split(data.images, data.target, data.groups)):
         if (k not in args.fold_ids) if args.fold_ids is not None else (k >= args.folds):
             continue
-        res = evaluate_fold(data, train, test, params)
+        res = evaluate_fold(data, train, test, params, {v: VARIANTS[v] for v in args.variants})
         print(f"fold {k}: " + "; ".join(
             f"{v}: auc {m['macro_auc']:.4f} bacc {m['balanced_accuracy']:.4f} focus {m['lesion_focus']:.3f} "
             f"(area {m['mask_area']:.3f}, lift {m['focus_lift']:.2f}) {m['fit_seconds']:.0f}s"

@@ -133,7 +133,7 @@ def _mask_attention_space(trial):
     params = {
         "lr": trial.suggest_float("lr", 1e-4, 3e-3, log=True),
         "weight_decay": trial.suggest_float("weight_decay", 1e-6, 1e-3, log=True),
-        "attention_weight": trial.suggest_float("attention_weight", 0.0, 2.0),
+        "attention_weight": trial.suggest_float("attention_weight", 0.0, 10.0),
         "contrastive_weight": trial.suggest_float("contrastive_weight", 0.0, 0.5),
         "temperature": trial.suggest_float("temperature", 0.05, 0.5, log=True),
         "class_balance_beta": trial.suggest_categorical("class_balance_beta", CB_BETAS),
@@ -214,7 +214,7 @@ def default_search_space(estimator):
     estimator                    parameters (distribution)
     ===========================  ===========================================================
     MaskAttentionClassifier,     ``lr`` log [1e-4, 3e-3], ``weight_decay`` log [1e-6, 1e-3],
-    DeepPneumoniaClassifier      ``attention_weight`` [0, 2], ``contrastive_weight`` [0, 0.5],
+    DeepPneumoniaClassifier      ``attention_weight`` [0, 10], ``contrastive_weight`` [0, 0.5],
                                  ``temperature`` log [0.05, 0.5], ``class_balance_beta`` in
                                  {0, 0.9, 0.99, 0.999, 0.9999}, ``loss_type`` in {softmax,
                                  focal}, ``focal_gamma`` in {0.5, 1, 2} (focal only)

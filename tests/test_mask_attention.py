@@ -390,3 +390,23 @@ def test_plot_attention(data):
     assert isinstance(fig, matplotlib.figure.Figure) and len(fig.axes) == 3
     with pytest.raises(ValueError, match="same shape"):
         plot_attention(X[:3], clf.attention_maps(X[:2]))
+
+
+# ------------------------------------------------------------------ attention gradient scale
+@pytest.mark.parametrize("scale", [0.0, 0.5])
+def test_attention_grad_scale_scales_only_the_backbone_gradient_of_the_attention_branch(scale):
+    def grads(s):
+        torch.manual_seed(0)
+        net = MaskAttentionNet(build_backbone("resnet10t", in_channels=1), n_classes=3, attention_grad_scale=s)
+        torch.nn.init.normal_(net.attention[2].weight)  # a non-uniform map, so the loss has a gradient
+        logits, aux = net(torch.rand(2, 1, 32, 32))
+        aux["attention_logits"].square().sum().backward()  # a loss on the attention branch only
+        backbone = torch.cat([p.grad.flatten() for p in net.backbone.parameters() if p.grad is not None])
+        return logits, backbone, net.attention[2].weight.grad.clone()
+
+    logits_1, backbone_1, branch_1 = grads(1.0)
+    logits_s, backbone_s, branch_s = grads(scale)
+    torch.testing.assert_close(logits_s, logits_1)  # the forward pass is unchanged
+    torch.testing.assert_close(branch_s, branch_1)  # the branch itself learns at full strength
+    torch.testing.assert_close(backbone_s, scale * backbone_1, rtol=1e-4, atol=1e-7)
+    assert backbone_1.abs().sum() > 0

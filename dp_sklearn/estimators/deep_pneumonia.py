@@ -66,6 +66,9 @@ class DeepPneumoniaClassifier(ClassifierMixin, TransformerMixin, BaseEstimator):
         Loss pulling the attention map towards the mask.
     pooling : {"attention+avg", "attention", "avg"}, default="attention+avg"
         What the classifier head sees, see :class:`MaskAttentionClassifier`.
+    attention_grad_scale : float in [0, 1], default=0.2
+        Factor on the attention branch's gradient into the backbone, see
+        :class:`MaskAttentionClassifier`.
     max_epochs : int, default=30
         Fine-tuning epochs.
     lr : float, default=1e-3
@@ -131,6 +134,7 @@ class DeepPneumoniaClassifier(ClassifierMixin, TransformerMixin, BaseEstimator):
         hard_attention="multiply",
         alignment_loss="dice",
         pooling="attention+avg",
+        attention_grad_scale=0.2,
         max_epochs=30,
         lr=1e-3,
         weight_decay=1e-4,
@@ -161,6 +165,7 @@ class DeepPneumoniaClassifier(ClassifierMixin, TransformerMixin, BaseEstimator):
         self.hard_attention = hard_attention
         self.alignment_loss = alignment_loss
         self.pooling = pooling
+        self.attention_grad_scale = attention_grad_scale
         self.max_epochs = max_epochs
         self.lr = lr
         self.weight_decay = weight_decay
@@ -199,7 +204,8 @@ class DeepPneumoniaClassifier(ClassifierMixin, TransformerMixin, BaseEstimator):
             attention_weight=self.attention_weight, contrastive_weight=self.contrastive_weight,
             temperature=self.temperature, class_balance_beta=self.class_balance_beta, loss_type=self.loss_type,
             focal_gamma=self.focal_gamma, hard_attention=self.hard_attention,
-            alignment_loss=self.alignment_loss, pooling=self.pooling, max_epochs=self.max_epochs,
+            alignment_loss=self.alignment_loss, pooling=self.pooling,
+            attention_grad_scale=self.attention_grad_scale, max_epochs=self.max_epochs,
             lr=self.lr, weight_decay=self.weight_decay, lr_schedule=self.lr_schedule,
             batch_size=self.batch_size, augment=self.augment,
             checkpoint_dir=self._subdir("classifier"), device=self.device, precision=self.precision,

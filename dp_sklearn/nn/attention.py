@@ -98,6 +98,13 @@ def weighted_pool(features: torch.Tensor, weights: torch.Tensor, eps: float = 1e
     return num / (den + eps)
 
 
+def _scale_grad(x: torch.Tensor, scale: float) -> torch.Tensor:
+    """``x`` in the forward pass; its gradient multiplied by ``scale`` in the backward pass."""
+    if scale == 1.0:
+        return x
+    return x * scale + x.detach() * (1.0 - scale)
+
+
 class MaskAttentionNet(nn.Module):
     """Backbone -> spatial attention -> attention pooling -> linear classifier.
 
@@ -135,6 +142,10 @@ class MaskAttentionNet(nn.Module):
         projections (contrastive regulation off).
     projection_hidden : int or None, default=None
         Hidden width of the projection head; ``C`` when None.
+    attention_grad_scale : float in [0, 1], default=1.0
+        Factor on the gradient that flows from the attention branch back into the backbone (the
+        forward pass is unchanged). Below 1, a strong alignment loss trains the attention branch
+        fully but reshapes the backbone's features less; 0 stops it entirely.
 
     Attributes
     ----------
@@ -191,8 +202,11 @@ class MaskAttentionNet(nn.Module):
         dropout: float = 0.0,
         projection_dim=None,
         projection_hidden=None,
+        attention_grad_scale=1.0,
     ):
         super().__init__()
+        if not 0.0 <= float(attention_grad_scale) <= 1.0:
+            raise ValueError(f"attention_grad_scale must be in [0, 1], got {attention_grad_scale!r}.")
         if hard_attention not in _HARD:
             raise ValueError(f"hard_attention must be one of {_HARD}, got {hard_attention!r}.")
         if pooling not in _POOLING:
@@ -225,6 +239,7 @@ class MaskAttentionNet(nn.Module):
                 batch_norm=False,
             )
         self.hard_attention = hard_attention
+        self.attention_grad_scale = float(attention_grad_scale)
         self.pooling = pooling
         self.mask_downsample = mask_downsample
         self.n_classes = n_classes
@@ -244,7 +259,7 @@ class MaskAttentionNet(nn.Module):
 
     def forward(self, x: torch.Tensor, mask=None, has_mask=None):
         feats = self.backbone(x)
-        att_logits = self.attention(feats).float()
+        att_logits = self.attention(_scale_grad(feats, self.attention_grad_scale)).float()
         att = torch.sigmoid(att_logits)
         plain_map = self._pool_map(att)
         aux = {"attention_logits": att_logits}
