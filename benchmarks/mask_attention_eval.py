@@ -117,7 +117,12 @@ def main(argv=None):
         for run in runs:
             for fold in run["folds"]:
                 merged.setdefault(fold["fold"], {}).update(fold)
-        return summarize([merged[k] for k in sorted(merged)], [run["args"] for run in runs])
+        folds = [merged[k] for k in sorted(merged)]
+        summary = summarize(folds, [run["args"] for run in runs])
+        if args.out:
+            with open(args.out, "w") as f:
+                json.dump({"args": [run["args"] for run in runs], "folds": folds, "summary": summary}, f, indent=2)
+        return summary
 
     data = load_cxr1k(image_size=args.image_size)
     params = dict(

@@ -5,9 +5,9 @@ Patient-grouped folds (StratifiedGroupKFold over patient ids); on each held-out 
 - lesion focus: on held-out images that have a radiologist mask, the share of attention mass
   inside the mask is >= 3x the mask's area share (mean over the folds; >= 2.5x on each), and
   >= 1.5x that of the same model trained with ``attention_weight=0``;
-- classification: mask guidance costs at most 5 points of macro ROC-AUC against the plain CNN
+- classification: mask guidance costs at most 1 point of macro ROC-AUC against the plain CNN
   (``attention_weight=0, contrastive_weight=0, class_balance_beta=0, pooling="avg"``), on the
-  mean over the folds; the issue's 1-point bar is an xfail (not met).
+  mean over the folds.
 
 Settings: 64 px images, the tiny ``resnet10t`` with a stride-1 stem (an 8x8 feature grid, so
 that a lesion covering ~10 % of the image spans several cells), ``EPOCHS`` epochs, ``N_FOLDS``
@@ -58,9 +58,9 @@ def fold_results(cxr64):
 
 
 # Measured on this 2-core CPU (the test's settings, folds 0-1, 2026-11-27): full-model focus
-# 0.352 / 0.315 for mask area 0.093 / 0.101 (lift 3.77 / 3.10), unguided focus 0.095 / 0.099;
-# macro-AUC full 0.850 / 0.797 vs plain 0.846 / 0.832 (full - plain: +0.4 / -3.5 points).
-# The issue's 1-point AUC bar is NOT met and stays an explicit xfail.
+# 0.333 / 0.301 for mask area 0.093 / 0.101 (lift 3.57 / 2.97), unguided focus 0.095 / 0.099;
+# macro-AUC full 0.856 / 0.815 vs plain 0.846 / 0.832 (mean full - plain: -0.3 points). Over all
+# 5 folds (benchmarks/mask_attention_eval.py, numbers in docs/method.md): lift 3.14, -0.95 points.
 
 
 def test_attention_focus_three_times_area(fold_results):
@@ -74,13 +74,6 @@ def test_attention_focus_beats_unguided_model(fold_results):
         assert fold["full"]["focus"] >= 1.5 * fold["no_guidance"]["focus"], fold
 
 
-def test_mask_guidance_auc_within_five_points(fold_results):
-    full = np.mean([f["full"]["auc"] for f in fold_results])
-    plain = np.mean([f["plain"]["auc"] for f in fold_results])
-    assert full >= plain - 0.05, (full, plain)
-
-
-@pytest.mark.xfail(strict=False, reason="issue bar not met: measured -1.5 AUC points on folds 0-1 (5 folds: see note)")
 def test_mask_guidance_costs_at_most_one_auc_point(fold_results):
     full = np.mean([f["full"]["auc"] for f in fold_results])
     plain = np.mean([f["plain"]["auc"] for f in fold_results])
