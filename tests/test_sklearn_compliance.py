@@ -39,7 +39,9 @@ class _TabularAsImages:
         return tags
 
 
-class CheckedMaskAttention(_TabularAsImages, MaskAttentionClassifier):
+class _ClassifierOnTabularAsImages(_TabularAsImages):
+    """Mixin: the classifier methods read 2-D input as one-row images too."""
+
     def predict(self, X):
         return super().predict(_as_images(X))
 
@@ -48,21 +50,18 @@ class CheckedMaskAttention(_TabularAsImages, MaskAttentionClassifier):
 
     def score(self, X, y, sample_weight=None):
         return super().score(_as_images(X), y, sample_weight=sample_weight)
+
+
+class CheckedMaskAttention(_ClassifierOnTabularAsImages, MaskAttentionClassifier):
+    pass
 
 
 class CheckedPretrainer(_TabularAsImages, ContrastivePretrainer):
     pass
 
 
-class CheckedDeepPneumonia(CheckedMaskAttention.__bases__[0], DeepPneumoniaClassifier):
-    def predict(self, X):
-        return super().predict(_as_images(X))
-
-    def predict_proba(self, X):
-        return super().predict_proba(_as_images(X))
-
-    def score(self, X, y, sample_weight=None):
-        return super().score(_as_images(X), y, sample_weight=sample_weight)
+class CheckedDeepPneumonia(_ClassifierOnTabularAsImages, DeepPneumoniaClassifier):
+    pass
 
 
 TINY = dict(backbone="resnet10t", image_size=None, max_epochs=1, batch_size=8, verbose=0, random_state=0)
