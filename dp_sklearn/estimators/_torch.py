@@ -21,12 +21,11 @@ import contextlib
 
 import numpy as np
 import torch
-
-from ..data.dataset import XRayDataset
-from ..utils.device import autocast, resolve_device, resolve_precision, seed_everything
 from sklearn.preprocessing import LabelEncoder
 from sklearn.utils.multiclass import type_of_target
 
+from ..data.dataset import XRayDataset
+from ..utils.device import autocast, resolve_device, resolve_precision, seed_everything
 from ..utils.validation import check_images, check_masks
 
 
@@ -205,6 +204,29 @@ class TorchEstimatorMixin:
 
     def _make_dataset(self, images, y=None, masks=None, mask_available=None):
         return XRayDataset(images, y=y, masks=masks, mask_available=mask_available, image_size=self._image_size())
+
+    def _unlabelled_iterator(self, dataset, training):
+        """``get_iterator`` of the label-free pre-trainers.
+
+        In-memory arrays go through :class:`InMemoryBatches` (one tensor slice per batch) unless
+        the user set iterator parameters or classes; training batches are shuffled and drop the
+        last incomplete batch when there is more than one (contrastive losses need full batches).
+        """
+        prefix = "iterator_train" if training else "iterator_valid"
+        custom = bool(self.get_params_for(prefix)) or (
+            self.iterator_train if training else self.iterator_valid) is not torch.utils.data.DataLoader
+        if isinstance(dataset, XRayDataset) and not dataset.streaming and not self.num_workers and not custom:
+            return InMemoryBatches(dataset.images, self.batch_size, shuffle=training,
+                                   drop_last=training and len(dataset) > self.batch_size)
+        if not training:
+            return TorchEstimatorMixin.get_iterator(self, dataset, training=False)
+        kwargs = self.get_params_for("iterator_train")
+        kwargs.setdefault("batch_size", self.batch_size)
+        kwargs.setdefault("shuffle", True)
+        kwargs.setdefault("drop_last", len(dataset) > kwargs["batch_size"])
+        kwargs.setdefault("num_workers", self.num_workers)
+        kwargs.setdefault("pin_memory", str(self.device_).startswith("cuda"))
+        return self.iterator_train(dataset, **kwargs)
 
     def get_iterator(self, dataset, training=False):
         prefix = "iterator_train" if training else "iterator_valid"

@@ -25,7 +25,6 @@ from sklearn.base import TransformerMixin
 from sklearn.utils._param_validation import Interval, StrOptions, validate_parameter_constraints
 from sklearn.utils.validation import check_is_fitted
 from torch import nn
-from torch.utils.data import DataLoader
 
 from ..data.augment import build_augment
 from ..data.dataset import XRayDataset
@@ -33,7 +32,7 @@ from ..losses.contrastive import NTXentLoss
 from ..nn.backbones import BACKBONES, build_backbone
 from ..nn.heads import GlobalAvgPool, ProjectionHead
 from ..utils.device import autocast, resolve_device
-from ._torch import InMemoryBatches, TorchEstimatorMixin, _as_size
+from ._torch import TorchEstimatorMixin, _as_size
 from .callbacks import default_callbacks, remaining_epochs
 
 __all__ = ["ContrastivePretrainer", "SimCLRModule", "make_augment", "two_views"]
@@ -533,21 +532,7 @@ class ContrastivePretrainer(TorchEstimatorMixin, TransformerMixin, skorch.Neural
         return self
 
     def get_iterator(self, dataset, training=False):
-        prefix = "iterator_train" if training else "iterator_valid"
-        custom = bool(self.get_params_for(prefix)) or (self.iterator_train if training else self.iterator_valid) is not DataLoader
-        if isinstance(dataset, XRayDataset) and not dataset.streaming and not self.num_workers and not custom:
-            # Fast path: slice one tensor per batch instead of indexing and collating per image.
-            return InMemoryBatches(dataset.images, self.batch_size, shuffle=training,
-                                    drop_last=training and len(dataset) > self.batch_size)
-        if not training:
-            return super().get_iterator(dataset, training=False)
-        kwargs = self.get_params_for("iterator_train")
-        kwargs.setdefault("batch_size", self.batch_size)
-        kwargs.setdefault("shuffle", True)
-        kwargs.setdefault("drop_last", len(dataset) > kwargs["batch_size"])
-        kwargs.setdefault("num_workers", self.num_workers)
-        kwargs.setdefault("pin_memory", str(self.device_).startswith("cuda"))
-        return self.iterator_train(dataset, **kwargs)
+        return self._unlabelled_iterator(dataset, training)
 
     def _set_training(self, training=True):
         # skorch calls this before every batch, and Module.train() walks the whole module
