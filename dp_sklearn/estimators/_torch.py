@@ -24,6 +24,7 @@ import torch
 from sklearn.preprocessing import LabelEncoder
 from sklearn.utils.multiclass import type_of_target
 
+from ..data.augment import build_augment
 from ..data.dataset import XRayDataset
 from ..utils.device import autocast, resolve_device, resolve_precision, seed_everything
 from ..utils.validation import check_images, check_masks
@@ -201,6 +202,11 @@ class TorchEstimatorMixin:
                 f"y has a single class ({encoder.classes_.tolist()}); a classifier needs at least two classes."
             )
         return encoder.classes_, encoder.transform(y).astype(np.int64)
+
+    def _build_augmenter(self):
+        """The module the ``augment`` parameter asks for, producing images at ``image_size``."""
+        size = self._image_size()
+        return build_augment(self.augment, None if size is None else {"output_size": size})
 
     def _make_dataset(self, images, y=None, masks=None, mask_available=None):
         return XRayDataset(images, y=y, masks=masks, mask_available=mask_available, image_size=self._image_size())

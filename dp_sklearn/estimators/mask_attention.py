@@ -25,7 +25,6 @@ from skorch.callbacks import LRScheduler, PassthroughScoring, PrintLog
 from torch import nn
 from torch.optim.lr_scheduler import CosineAnnealingLR
 
-from ..data.augment import build_augment
 from ..data.dataset import XRayDataset
 from ..losses.attention import LesionContrastiveLoss, MaskAttentionLoss, make_alignment_loss
 from ..losses.class_balanced import ClassBalancedLoss, init_last_layer_bias
@@ -394,10 +393,6 @@ class MaskAttentionClassifier(TorchEstimatorMixin, NeuralNetClassifier):
         self.module_ = module
         self.augmenter_ = self._build_augmenter()
         return self
-
-    def _build_augmenter(self):
-        size = self._image_size()
-        return build_augment(self.augment, None if size is None else {"output_size": size})
 
     def initialize_criterion(self):
         beta = float(self.class_balance_beta)

@@ -31,7 +31,6 @@ from skorch import NeuralNet
 from skorch.callbacks import PassthroughScoring, PrintLog
 from torch import nn
 
-from ..data.augment import build_augment
 from ..losses.class_balanced import ClassBalancedLoss
 from ..losses.metric import DualWeightedMetricLoss, PrototypeConsistencyLoss
 from ..nn.backbones import build_backbone
@@ -545,8 +544,7 @@ class MultiLabelMetricClassifier(TorchEstimatorMixin, ClassifierMixin, NeuralNet
                       scale=float(self.scale), prior=prior, dropout=float(self.dropout))
         kwargs.update(self.get_params_for("module"))
         self.module_ = self.module(backbone=backbone, n_labels=n_labels, **kwargs)
-        size = self._image_size()
-        vars(self)["augmenter_"] = build_augment(self.augment, None if size is None else {"output_size": size})
+        vars(self)["augmenter_"] = self._build_augmenter()
         return self
 
     def initialize_criterion(self):

@@ -26,7 +26,6 @@ from skorch.callbacks import Callback, PassthroughScoring, PrintLog
 from torch import nn
 
 from ..explain import GradCAM, cam_to_region
-from ..data.augment import build_augment
 from ..losses.class_balanced import ClassBalancedLoss, init_last_layer_bias
 from ..losses.contrastive import NTXentLoss
 from ..nn.backbones import build_backbone
@@ -368,10 +367,6 @@ class RadiomicsContrastiveClassifier(TorchEstimatorMixin, NeuralNetClassifier):
         self.module_ = module
         self.augmenter_ = self._build_augmenter()
         return self
-
-    def _build_augmenter(self):
-        size = self._image_size()
-        return build_augment(self.augment, None if size is None else {"output_size": size})
 
     def initialize_criterion(self):
         cls = ClassBalancedLoss(loss_type="focal", beta=float(self.class_balance_beta), gamma=float(self.focal_gamma))
