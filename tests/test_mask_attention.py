@@ -2,6 +2,7 @@
 the plain-CNN equivalence, bad input, persistence. Learning on real data is in
 test_mask_attention_learning.py."""
 
+import math
 import os
 import pickle
 import subprocess
@@ -9,6 +10,8 @@ import sys
 import warnings
 
 import joblib
+import math
+
 import numpy as np
 import pytest
 import sklearn
@@ -71,7 +74,10 @@ def test_sigmoid_losses_give_normalised_probabilities(data, loss_type):
     clf = make(loss_type=loss_type).fit(X, y, masks=masks)
     np.testing.assert_allclose(clf.predict_proba(X).sum(1), 1, atol=1e-5)
     groups = clf.optimizer_.param_groups
-    assert any(g["weight_decay"] == 0.0 and g["params"][0] is clf.module_.classifier.bias for g in groups)
+    no_decay = [p for g in groups if g["weight_decay"] == 0.0 for p in g["params"]]
+    decay = [p for g in groups if g["weight_decay"] > 0.0 for p in g["params"]]
+    assert any(p is clf.module_.classifier.bias for p in no_decay)  # the prior-initialised bias keeps its prior
+    assert all(p.ndim <= 1 for p in no_decay) and all(p.ndim > 1 for p in decay) and decay
 
 
 @pytest.mark.parametrize("variant", [dict(hard_attention="replace"), dict(alignment_loss="bce"),
@@ -219,9 +225,16 @@ def _plain_loop(X, y, epochs, batch_size, lr, weight_decay, pooling):
     seed_everything(0)
     net = MaskAttentionNet(build_backbone("resnet10t", in_channels=1), n_classes=3, hard_attention="none",
                            pooling=pooling)
-    opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=weight_decay)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs)
+    matrices = [p for p in net.parameters() if p.ndim > 1]
+    vectors = [p for p in net.parameters() if p.ndim <= 1]
+    opt = torch.optim.AdamW([{"params": matrices}, {"params": vectors, "weight_decay": 0.0}],
+                            lr=lr, weight_decay=weight_decay)
     ds = XRayDataset(X, y=y, image_size=(32, 32))
+    total = epochs * -(-len(ds) // batch_size)
+    warm = round(0.1 * total)
+    # linear warm-up over 10% of the steps, then a half cosine to 0, set before each step
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda t: (t + 1) / warm if t < warm else 0.5 * (1 + math.cos(math.pi * min(1, (t - warm) / (total - warm)))))
     loss_fn = torch.nn.CrossEntropyLoss()
     for _ in range(epochs):
         net.train()
@@ -230,7 +243,7 @@ def _plain_loop(X, y, epochs, batch_size, lr, weight_decay, pooling):
             logits, _ = net(inputs["x"])
             loss_fn(logits, target).backward()
             opt.step()
-        schedule.step()
+            schedule.step()
     net.eval()
     with torch.no_grad():
         logits, _ = net(torch.from_numpy(X)[:, None])

@@ -33,6 +33,7 @@ from ..nn.backbones import build_backbone
 from ..utils.validation import check_images
 from ._torch import TorchEstimatorMixin
 from .callbacks import default_callbacks, remaining_epochs
+from .recipe import WarmupCosineLR
 
 __all__ = ["MaskAttentionClassifier"]
 
@@ -132,12 +133,18 @@ class MaskAttentionClassifier(TorchEstimatorMixin, NeuralNetClassifier):
     max_epochs, lr, batch_size : int, float, int
         Training length, AdamW learning rate and batch size.
     weight_decay : float >= 0, default=1e-4
-        Weight decay of the optimizer (when it takes one; overridden by ``optimizer__weight_decay``).
-    lr_schedule : {"cosine", "constant"}, default="cosine"
-        ``"cosine"``: the learning rate decays from ``lr`` to 0 over ``max_epochs`` (cosine
-        annealing, stepped per epoch; a resumed fit continues the curve). A short fine-tune that
-        ends at a small learning rate gives far more repeatable models than one that stops at
-        full ``lr``. ``"constant"``: ``lr`` throughout.
+        Decoupled weight decay of the optimizer (when it takes one; overridden by
+        ``optimizer__weight_decay``), applied to weight matrices and kernels only: norm weights
+        and biases get none.
+    lr_schedule : {"warmup_cosine", "cosine", "constant"}, default="warmup_cosine"
+        ``"warmup_cosine"``: set before every optimizer step, the learning rate rises linearly
+        from 0 to ``lr`` over the first ``warmup`` share of all steps, then follows a half
+        cosine to 0 (:class:`dp_sklearn.estimators.recipe.WarmupCosineLR`); a resumed fit sees
+        the same rate at every step. ``"cosine"``: cosine decay from ``lr`` to 0 stepped per
+        epoch, no warm-up. ``"constant"``: ``lr`` throughout. A short fine-tune that ends at a
+        small learning rate gives far more repeatable models than one that stops at full ``lr``.
+    warmup : float in [0, 1), default=0.1
+        Share of the training steps spent warming up (``lr_schedule="warmup_cosine"`` only).
     augment : bool, dict or nn.Module, default=True
         Training-time augmentation on the device, applied to images and masks together:
         ``True`` -> :class:`dp_sklearn.data.augment.RadiographAugment` defaults, a dict -> its
@@ -208,7 +215,8 @@ class MaskAttentionClassifier(TorchEstimatorMixin, NeuralNetClassifier):
         "projection_dim": [Interval(Integral, 1, None, closed="left")],
         "dropout": [Interval(Real, 0, 1, closed="left")],
         "weight_decay": [Interval(Real, 0, None, closed="left")],
-        "lr_schedule": [StrOptions({"cosine", "constant"})],
+        "lr_schedule": [StrOptions({"warmup_cosine", "cosine", "constant"})],
+        "warmup": [Interval(Real, 0, 1, closed="left")],
         "augment": ["boolean", dict, nn.Module],
         "patience": [Interval(Integral, 1, None, closed="left"), None],
         "empty_mask_means": [StrOptions({"unannotated", "no_lesion"})],
@@ -242,7 +250,8 @@ class MaskAttentionClassifier(TorchEstimatorMixin, NeuralNetClassifier):
         max_epochs=30,
         lr=1e-3,
         weight_decay=1e-4,
-        lr_schedule="cosine",
+        lr_schedule="warmup_cosine",
+        warmup=0.1,
         batch_size=32,
         augment=True,
         patience=None,
@@ -293,6 +302,7 @@ class MaskAttentionClassifier(TorchEstimatorMixin, NeuralNetClassifier):
         self.dropout = dropout
         self.weight_decay = weight_decay
         self.lr_schedule = lr_schedule
+        self.warmup = warmup
         self.augment = augment
         self.patience = patience
         self.checkpoint_dir = checkpoint_dir
@@ -316,8 +326,10 @@ class MaskAttentionClassifier(TorchEstimatorMixin, NeuralNetClassifier):
             patience=getattr(self, "patience", None), checkpoint_dir=getattr(self, "checkpoint_dir", None)
         )
         schedule = []
-        if getattr(self, "lr_schedule", "constant") == "cosine":
-            # After "resume" so that a resumed fit's scheduler starts at the restored epoch.
+        # After "resume", so that a resumed fit's schedule starts from the restored history.
+        if getattr(self, "lr_schedule", "constant") == "warmup_cosine":
+            schedule = [("lr_scheduler", WarmupCosineLR(warmup=self.warmup))]
+        elif getattr(self, "lr_schedule", "constant") == "cosine":
             schedule = [("lr_scheduler", LRScheduler(policy=CosineAnnealingLR, T_max=self.max_epochs))]
         return base + terms + extra + schedule + [("print_log", PrintLog())]
 
@@ -424,19 +436,21 @@ class MaskAttentionClassifier(TorchEstimatorMixin, NeuralNetClassifier):
             accepts_decay = "weight_decay" in inspect.signature(self.optimizer).parameters
         except (TypeError, ValueError):
             accepts_decay = False
-        if accepts_decay:
-            kwargs.setdefault("weight_decay", self.weight_decay)
-        classifier = getattr(self.module_, "classifier", None)
-        if self.loss_type != "softmax" and isinstance(classifier, nn.Linear) and classifier.bias is not None:
-            # The prior-initialised last-layer bias gets no weight decay (Cui et al.).
-            bias, groups = classifier.bias, []
-            for group in args[0]:
-                rest = [p for p in group["params"] if p is not bias]
-                if rest:
-                    groups.append({**group, "params": rest})
-            groups.append({"params": [bias], "weight_decay": 0.0})
-            args = (groups,)
-        return args, kwargs
+        if not accepts_decay:
+            return args, kwargs
+        kwargs.setdefault("weight_decay", self.weight_decay)
+        # Norm weights and biases (every 1-D parameter) get no weight decay: decaying a
+        # BatchNorm scale only fights the next layer, and the prior-initialised last-layer
+        # bias of the sigmoid/focal losses must keep its prior (Cui et al.).
+        groups = []
+        for group in args[0]:
+            matrices = [p for p in group["params"] if p.ndim > 1]
+            vectors = [p for p in group["params"] if p.ndim <= 1]
+            if matrices:
+                groups.append({**group, "params": matrices})
+            if vectors:
+                groups.append({**group, "params": vectors, "weight_decay": 0.0})
+        return (groups,), kwargs
 
     # ------------------------------------------------------------------ fit
     def fit(self, X, y, masks=None, sample_weight=None):
