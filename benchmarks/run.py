@@ -53,16 +53,22 @@ from sklearn.pipeline import make_pipeline  # noqa: E402
 from sklearn.preprocessing import FunctionTransformer, StandardScaler  # noqa: E402
 
 PROFILES = {
-    # About 10 minutes on 2 CPU cores: small images, the tiny backbone, few epochs.
-    "quick": dict(image_size=32, backbone="resnet10t", folds=5, epochs=8, pretrain_epochs=8,
-                  batch_size=64, lr=2e-3, logreg_size=24, speed_batches=4, related=False),
+    # The default (``make run``): 2 CPU cores, at most 15 minutes. Rows 1, 2 and 6 on all 5 folds;
+    # the CNN rows use DeepPneumoniaClassifier's own defaults (64 px, vgg_compact, 8x8 attention
+    # grid). The ablation rows 3-5 cost 3 more CNN fits per fold: ``--ablation`` or ``--profile full``.
+    "quick": dict(folds=5, logreg_size=24, speed_batches=8, related=False, ablation=False, deep_pneumonia={}),
     # Paper-scale setting for a GPU.
-    "full": dict(image_size=224, backbone="resnet18", folds=5, epochs=40, pretrain_epochs=100,
-                 batch_size=64, lr=1e-3, logreg_size=32, speed_batches=30),
+    "full": dict(folds=5, logreg_size=32, speed_batches=30, ablation=True,
+                 deep_pneumonia=dict(backbone="resnet18", image_size=224, max_epochs=40, pretrain_epochs=100,
+                                     batch_size=64, lr=1e-3)),
     # End-to-end smoke run of the harness (used by the test suite).
-    "tiny": dict(image_size=24, backbone="resnet10t", folds=2, epochs=1, pretrain_epochs=1,
-                 batch_size=16, lr=2e-3, logreg_size=12, speed_batches=2, subsample=90),
+    "tiny": dict(folds=2, logreg_size=12, speed_batches=2, subsample=90, ablation=True,
+                 deep_pneumonia=dict(backbone="resnet10t", image_size=24, max_epochs=1, pretrain_epochs=1,
+                                     batch_size=16)),
 }
+
+#: The settings every CNN row shares with DeepPneumoniaClassifier (row 6).
+SHARED = ("backbone", "image_size", "max_epochs", "lr", "batch_size", "weight_decay", "lr_schedule", "augment")
 
 REFERENCE = {"model": "DarkCovidNet (Ozturk et al. 2020, published)", "accuracy": 0.8702,
              "note": "3-class, 5-fold CV, image-level split (not patient-grouped)"}
@@ -83,52 +89,76 @@ def _flatten_downsampled(size):
     return FunctionTransformer(transform)
 
 
+def shared_settings(p: dict) -> dict:
+    """The profile's DeepPneumoniaClassifier parameters that every CNN row uses too."""
+    from dp_sklearn import DeepPneumoniaClassifier
+
+    params = DeepPneumoniaClassifier(**p["deep_pneumonia"]).get_params()
+    return {k: params[k] for k in SHARED + ("pretrain_epochs", "pretrain_lr")}
+
+
 def model_rows(p: dict, device: str, seed: int):
-    """The benchmark's rows: (name, factory, kind). kind is 'sklearn', 'cnn' or 'pretrained'."""
+    """The benchmark's rows: (name, factory, kind, map).
+
+    kind: 'sklearn', 'cnn', 'pretrained' (the fold's shared ContrastivePretrainer as encoder) or
+    'product' (DeepPneumoniaClassifier, which pre-trains inside its own fit). map: where the row's
+    localisation comes from — 'attention' (its trained attention branch), 'gradcam', or None.
+    """
+    from dp_sklearn import DeepPneumoniaClassifier
     from dp_sklearn.estimators.class_balanced import ClassBalancedWeighting
     from dp_sklearn.estimators.mask_attention import MaskAttentionClassifier
+
+    shared = {k: v for k, v in shared_settings(p).items() if not k.startswith("pretrain")}
 
     def logreg():
         return make_pipeline(_flatten_downsampled(p["logreg_size"]), StandardScaler(),
                              LogisticRegression(C=0.01, max_iter=2000))
 
     def cnn(**overrides):
-        # Rows 2-4: a plain CNN head (global average pooling); rows 5-6 switch on the attention
-        # branch with the classifier's defaults (alignment weight, pooling, contrastive weight).
-        params = dict(backbone=p["backbone"], image_size=p["image_size"], max_epochs=p["epochs"],
-                      batch_size=p["batch_size"], lr=p["lr"], device=device, random_state=seed, verbose=0,
-                      attention_weight=0.0, contrastive_weight=0.0, class_balance_beta=0.0, pooling="avg")
+        # Rows 2-4: a plain CNN head (global average pooling); row 5 switches on the attention
+        # branch with the classifier's defaults. Everything else is row 6's recipe.
+        params = dict(shared, device=device, random_state=seed, verbose=0, attention_weight=0.0,
+                      contrastive_weight=0.0, class_balance_beta=0.0, pooling="avg")
         params.update(overrides)
         return lambda: MaskAttentionClassifier(**params)
 
-    deep_pneumonia = {k: v for k, v in MaskAttentionClassifier().get_params().items()
-                      if k in ("attention_weight", "contrastive_weight", "pooling")}
+    guided = {k: v for k, v in MaskAttentionClassifier().get_params().items()
+              if k in ("attention_weight", "pooling")}
+    rows = [
+        ("1. LogisticRegression (pixels)", logreg, "sklearn", None),
+        ("1b. LogisticRegression + class-balanced", lambda: ClassBalancedWeighting(logreg(), beta=0.999),
+         "sklearn", None),
+        ("2. CNN, cross-entropy", cnn(), "cnn", "gradcam"),
+    ]
+    if p.get("ablation", False):
+        rows += [
+            ("3. + class-balanced loss", cnn(class_balance_beta=0.999), "cnn", "gradcam"),
+            ("4. + contrastive pre-training", cnn(class_balance_beta=0.999), "pretrained", "gradcam"),
+            ("5. + mask-guided hard attention", cnn(**guided, class_balance_beta=0.999), "pretrained", "attention"),
+        ]
+    rows.append(("6. DeepPneumoniaClassifier (+ contrastive regulation)",
+                 lambda: DeepPneumoniaClassifier(**p["deep_pneumonia"], device=device, random_state=seed,
+                                                 verbose=0),
+                 "product", "attention"))
+    if p.get("related", True):  # rows 7-8 cost several times a CNN row on CPU: full profile or --models 7 8
+        from local_discrimination_eval import rows as ld_rows
+        from radiomics_eval import rows as radiomics_rows
 
-    from local_discrimination_eval import rows as ld_rows
-    from radiomics_eval import rows as radiomics_rows
-
-    related = [("7." + name.split(".", 1)[1], f, k) for name, f, k in radiomics_rows(p, device, seed)]
-    related += [(f"8{letter}. {name}", f, k) for letter, (name, f, k) in zip("ab", ld_rows(p, device, seed))]
-    if not p.get("related", True):
-        related = []  # rows 7-8 cost several times a CNN row on CPU: full profile or --models 7 8
-    return [
-        ("1. LogisticRegression (pixels)", logreg, "sklearn"),
-        ("1b. LogisticRegression + class-balanced", lambda: ClassBalancedWeighting(logreg(), beta=0.999), "sklearn"),
-        ("2. CNN, cross-entropy", cnn(), "cnn"),
-        ("3. + class-balanced loss", cnn(class_balance_beta=0.999), "cnn"),
-        ("4. + contrastive pre-training", cnn(class_balance_beta=0.999), "pretrained"),
-        ("5. + mask-guided hard attention", cnn(**{**deep_pneumonia, "class_balance_beta": 0.999,
-                                                   "contrastive_weight": 0.0}), "pretrained"),
-        ("6. + contrastive regulation (Deep Pneumonia)",
-         cnn(**deep_pneumonia, class_balance_beta=0.999), "pretrained"),
-    ] + related
+        cnn_p = dict(p, backbone=shared["backbone"], image_size=shared["image_size"], epochs=shared["max_epochs"],
+                     pretrain_epochs=shared_settings(p)["pretrain_epochs"], batch_size=shared["batch_size"],
+                     lr=shared["lr"])
+        rows += [("7." + name.split(".", 1)[1], f, k, "gradcam") for name, f, k in radiomics_rows(cnn_p, device, seed)]
+        rows += [(f"8{letter}. {name}", f, k, None) for letter, (name, f, k) in zip("ab", ld_rows(cnn_p, device, seed))]
+    return rows
 
 
 def make_pretrainer(p: dict, device: str, seed: int):
     from dp_sklearn.estimators.pretrainer import ContrastivePretrainer
 
-    return ContrastivePretrainer(backbone=p["backbone"], image_size=p["image_size"], max_epochs=p["pretrain_epochs"],
-                                 batch_size=p["batch_size"], lr=p["lr"], device=device, random_state=seed, verbose=0)
+    s = shared_settings(p)
+    return ContrastivePretrainer(backbone=s["backbone"], image_size=s["image_size"], max_epochs=s["pretrain_epochs"],
+                                 lr=s["pretrain_lr"], batch_size=s["batch_size"], device=device, random_state=seed,
+                                 verbose=0)
 
 
 # ----------------------------------------------------------------------------- metrics
@@ -144,23 +174,73 @@ def quality_metrics(y_true, proba, classes, target_names):
     }
 
 
-def summarise(name, fold_metrics, focus):
+def summarise(name, fold_metrics, localisation=None):
     keys = ["accuracy", "balanced_accuracy", "macro_f1", "macro_auc"]
     row = {"model": name, "folds": len(fold_metrics)}
     row.update({k: float(np.mean([m[k] for m in fold_metrics])) for k in keys})
     row["std"] = {k: float(np.std([m[k] for m in fold_metrics])) for k in keys}
     names = fold_metrics[0]["per_class_recall"].keys()
     row["per_class_recall"] = {c: float(np.mean([m["per_class_recall"][c] for m in fold_metrics])) for c in names}
-    row["lesion_focus"] = focus[0]
-    row["lesion_area"] = focus[1]
+    row["localisation"] = localisation
     row["fit_seconds"] = float(np.sum([m["fit_seconds"] for m in fold_metrics]))
     return row
 
 
+class Localisation:
+    """Where maps put their mass on held-out images with a radiologist mask, pooled over folds.
+
+    For each image: ``focus`` = share of the map's mass inside the mask, ``area`` = the mask's share
+    of the image (what a uniform map puts inside), ``hit`` = whether the map's maximum lies inside
+    the mask (the pointing game). ``lift`` = mean focus / mean area: 1 is chance.
+    """
+
+    def __init__(self, source: str):
+        self.source, self.focus, self.area, self.hits = source, [], [], []
+
+    def add(self, maps, masks):
+        from dp_sklearn.explain import pointing_game
+        from dp_sklearn.metrics import lesion_focus
+
+        f, a = lesion_focus(maps, masks)
+        self.focus.extend(f)
+        self.area.extend(a)
+        self.hits.extend(pointing_game(maps, masks))
+
+    def summary(self):
+        if not self.focus:
+            return None
+        focus, area = float(np.nanmean(self.focus)), float(np.mean(self.area))
+        return {"source": self.source, "images": len(self.focus), "focus": focus, "area": area,
+                "lift": focus / area, "pointing_game": float(np.nanmean(self.hits))}
+
+
+def location_prior(train_masks, size, grid=None):
+    """The mean of the training fold's lesion masks, used as every held-out image's map (no model).
+
+    With ``grid``, the prior is area-averaged onto the model's feature grid and upsampled
+    bilinearly back, as the model's own attention maps are.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    prior = torch.from_numpy(np.asarray(train_masks, dtype=np.float32).mean(0))[None, None]
+    if grid is not None:
+        prior = F.interpolate(F.adaptive_avg_pool2d(prior, grid), size=size, mode="bilinear", align_corners=False)
+    return prior[0, 0].numpy()
+
+
+def row_maps(est, map_kind, images):
+    """The row's localisation maps of ``images``: its attention branch, or Grad-CAM of its prediction."""
+    if map_kind == "attention":
+        return est.attention_maps(images)
+    from dp_sklearn.explain import estimator_gradcam
+
+    net = getattr(est, "classifier_", est)  # DeepPneumoniaClassifier wraps the fitted classifier
+    return estimator_gradcam(net, images)
+
+
 # ----------------------------------------------------------------------------- quality
 def run_quality(data, p, device, seed, out: Path, only=None):
-    from dp_sklearn.metrics import lesion_focus
-
     X, y, groups = data.images, data.target, data.groups
     masks, available = data.masks, data.mask_available
     classes = np.arange(len(data.target_names))
@@ -168,26 +248,24 @@ def run_quality(data, p, device, seed, out: Path, only=None):
     splits = list(cv.split(X, y, groups))
     rows = model_rows(p, device, seed)
     if only:
-        rows = [r for r in model_rows(dict(p, related=True), device, seed)
+        rows = [r for r in model_rows(dict(p, related=True, ablation=True), device, seed)
                 if any(r[0].startswith(o) for o in only)]
+    grid = None
     pretrainers = {}
-    results, oof, attention_examples, fit_speed = [], {}, None, []
-    for name, factory, kind in rows:
+    results, oof, overlay, fit_speed = [], {}, None, []
+    for name, factory, kind, map_kind in rows:
         log(f"model {name}")
-        fold_metrics, focus_vals, area_vals = [], [], []
+        fold_metrics, where = [], Localisation(map_kind) if map_kind else None
         oof_proba = np.zeros((len(y), len(classes)))
         for k, (train, test) in enumerate(splits):
             est = factory()
             fit_kwargs = {}
-            if kind in ("cnn", "pretrained"):
-                train_masks = np.where(available[train, None, None], masks[train], False)
-                fit_kwargs["masks"] = train_masks
+            if kind != "sklearn":
+                fit_kwargs["masks"] = np.where(available[train, None, None], masks[train], False)
             if kind == "pretrained":
                 if k not in pretrainers:
                     log(f"  fold {k + 1}/{len(splits)}: contrastive pre-training on {len(train)} training images")
-                    t0 = time.perf_counter()
                     pretrainers[k] = make_pretrainer(p, device, seed).fit(X[train])
-                    pretrainers[k].fit_seconds_ = time.perf_counter() - t0
                 est.set_params(encoder=pretrainers[k])
             t0 = time.perf_counter()
             est.fit(X[train], y[train], **fit_kwargs)
@@ -200,23 +278,53 @@ def run_quality(data, p, device, seed, out: Path, only=None):
             m["fit_seconds"] = fit_s
             fold_metrics.append(m)
             if kind != "sklearn":
-                fit_speed.append({"model": name, "train_images_per_s": len(train) * p["epochs"] / fit_s,
-                                  "predict_images_per_s": len(test) / pred_s})
+                fit_speed.append({"model": name, "fit_seconds": fit_s, "predict_images_per_s": len(test) / pred_s})
+            if where is not None:
                 # held-out images with a mask that survives the resize to the working resolution
                 held = test[available[test] & masks[test].any(axis=(1, 2))]
-                if len(held) and hasattr(est, "attention_maps"):
-                    att = est.attention_maps(X[held])
-                    f, a = lesion_focus(att, masks[held])
-                    focus_vals.extend(f)
-                    area_vals.extend(a)
-                    if name.startswith("6") and attention_examples is None:
-                        attention_examples = (X[held[:6]], att[:6], masks[held[:6]])
+                if len(held):
+                    where.add(row_maps(est, map_kind, X[held]), masks[held])
+                if kind == "product" and k == 0:
+                    net = getattr(est, "classifier_", est)
+                    grid = tuple(int(np.ceil(s / net.module_.backbone.stride)) for s in X.shape[1:])
+                    overlay = overlay_examples(est, X, y, masks, available, test, data.target_names)
             log(f"  fold {k + 1}/{len(splits)}: macro-AUC {m['macro_auc']:.3f}  bal-acc {m['balanced_accuracy']:.3f}"
                 f"  ({fit_s:.1f} s fit)")
-        focus = (float(np.mean(focus_vals)), float(np.mean(area_vals))) if focus_vals else (None, None)
-        results.append(summarise(name, fold_metrics, focus))
+        results.append(summarise(name, fold_metrics, where.summary() if where else None))
         oof[name] = oof_proba
-    return results, oof, attention_examples, fit_speed, splits
+    results += prior_rows(X, masks, available, splits, grid)
+    return results, oof, overlay, fit_speed, splits
+
+
+def prior_rows(X, masks, available, splits, grid):
+    """Localisation of the location prior (no model), at full resolution and on the model's grid."""
+    rows = []
+    for label, g in (("full resolution", None), (f"{grid[0]}x{grid[1]} grid" if grid else None, grid)):
+        if label is None:
+            continue
+        where = Localisation("prior")
+        for train, test in splits:
+            held = test[available[test] & masks[test].any(axis=(1, 2))]
+            if len(held):
+                prior = location_prior(masks[train[available[train]]], X.shape[1:], g)
+                where.add(np.repeat(prior[None], len(held), 0), masks[held])
+        rows.append({"model": f"location prior, {label} (training masks' mean, no model)",
+                     "localisation": where.summary()})
+    return rows
+
+
+def overlay_examples(est, X, y, masks, available, test, target_names, per_class=2):
+    """Held-out images of each class (those with a mask first) with the model's attention and prediction."""
+    picked = []
+    for c in range(len(target_names)):
+        idx = test[y[test] == c]
+        idx = np.concatenate([idx[available[idx]], idx[~available[idx]]])[:per_class]
+        picked.extend(idx.tolist())
+    picked = np.array(picked)
+    proba = est.predict_proba(X[picked])
+    titles = [f"{target_names[y[i]]} -> {target_names[int(np.argmax(pr))]} {pr.max():.2f}"
+              for i, pr in zip(picked, proba)]
+    return X[picked], est.attention_maps(X[picked]), [masks[i] if available[i] else None for i in picked], titles
 
 
 # ----------------------------------------------------------------------------- speed
@@ -273,28 +381,39 @@ def fmt(v, std=None, pct=True):
 
 
 def markdown_report(res: dict) -> str:
-    lines = [f"Profile `{res['profile']}` · {res['settings']['folds']}-fold patient-grouped CV · "
-             f"{res['settings']['image_size']} px · backbone `{res['settings']['backbone']}` · "
-             f"{res['settings']['epochs']} epochs · {res['machine']['date']} · {res['machine']['cpu']}"
-             + (f" · {res['machine']['gpu']}" if "gpu" in res["machine"] else f" ({res['machine']['cores']} cores)"),
+    st = res["settings"]
+    quality = [r for r in res["quality"] if "accuracy" in r]
+    rows_note = "" if st.get("ablation") else " · rows 3-5 (ablation) skipped for time: `--ablation`"
+    lines = [f"Profile `{res['profile']}` · {st['folds']}-fold patient-grouped CV{rows_note} · "
+             f"{st['image_size']} px · backbone `{st['backbone']}` · {st['max_epochs']} epochs "
+             f"(pre-training {st['pretrain_epochs']}) · {res['machine']['date']} · {res['machine']['cpu']}"
+             + (f" · {res['machine']['gpu']}" if "gpu" in res["machine"] else f" ({res['machine']['cores']} cores)")
+             + f" · total run {res['seconds'] / 60:.1f} min",
              "",
-             "| model | accuracy | balanced acc. | macro-F1 | macro AUC | recall covid19 / normal / pneumonia "
-             "| lesion focus (chance) |",
-             "|---|---|---|---|---|---|---|"]
-    for r in res["quality"]:
+             "| model | accuracy | balanced acc. | macro-F1 | macro AUC | recall covid19 / normal / pneumonia |",
+             "|---|---|---|---|---|---|"]
+    for r in quality:
         rec = " / ".join(f"{100 * v:.0f}" for v in r["per_class_recall"].values())
-        focus = "–" if r["lesion_focus"] is None else f"{100 * r['lesion_focus']:.0f}% ({100 * r['lesion_area']:.0f}%)"
         lines.append(f"| {r['model']} | {fmt(r['accuracy'], r['std']['accuracy'])} | "
                      f"{fmt(r['balanced_accuracy'], r['std']['balanced_accuracy'])} | "
                      f"{fmt(r['macro_f1'], r['std']['macro_f1'])} | {fmt(r['macro_auc'], r['std']['macro_auc'])} | "
-                     f"{rec} | {focus} |")
+                     f"{rec} |")
     ref = res["reference"]
-    lines.append(f"| *{ref['model']}* | *{100 * ref['accuracy']:.2f}* | | | | | |")
-    lines += ["", f"Reference: {ref['note']}.", "", "| speed | images/s | reference images/s | ratio |", "|---|---|---|---|"]
-    for s in res["speed"]:
-        ref_v = "–" if s.get("reference") is None else f"{s['reference']:.1f}"
-        ratio = "–" if s.get("ratio") is None else f"{s['ratio']:.2f}"
-        lines.append(f"| {s['name']} | {s['images_per_s']:.1f} | {ref_v} | {ratio} |")
+    lines.append(f"| *{ref['model']}* | *{100 * ref['accuracy']:.2f}* | | | | |")
+    lines += ["", f"Reference: {ref['note']}.", "",
+              "Localisation on held-out images with a radiologist mask (lift: share of the map's mass inside the "
+              "mask over the mask's share of the image, 1 = chance; pointing game: the map's maximum inside the mask):",
+              "", "| map | images | mass inside mask | mask area | lift | pointing game |", "|---|---|---|---|---|---|"]
+    for r in res["quality"]:
+        loc = r.get("localisation")
+        if loc:
+            lines.append(f"| {r['model']} — {loc['source']} | {loc['images']} | {100 * loc['focus']:.1f}% | "
+                         f"{100 * loc['area']:.1f}% | {loc['lift']:.2f}× | {100 * loc['pointing_game']:.0f}% |")
+    lines += ["", "| speed | images/s | reference images/s | ratio |", "|---|---|---|---|"]
+    for sp in res["speed"]:
+        ref_v = "–" if sp.get("reference") is None else f"{sp['reference']:.1f}"
+        ratio = "–" if sp.get("ratio") is None else f"{sp['ratio']:.2f}"
+        lines.append(f"| {sp['name']} | {sp['images_per_s']:.1f} | {ref_v} | {ratio} |")
     mem = res["memory"]
     lines += ["", "Peak memory: " + ", ".join(f"{k} {v:.0f}" for k, v in mem.items())
               + f" · total run {res['seconds']:.0f} s"]
@@ -339,13 +458,15 @@ def figures(res, data, oof, attention_examples, out: Path):
     if attention_examples is not None:
         from dp_sklearn.plotting import plot_attention
 
-        images, att, masks = attention_examples
-        fig = plot_attention(images, att, masks=masks)
+        images, att, masks, titles = attention_examples
+        fig = plot_attention(images, att, masks=masks, titles=titles, n_cols=len(names) * 2)
+        fig.suptitle("DeepPneumoniaClassifier attention, held-out fold 1 (white: radiologist contour; "
+                     "title: true -> predicted, probability)", fontsize=9)
         fig.savefig(out / "attention_overlays.png", dpi=120)
         plt.close(fig)
 
     fig, ax = plt.subplots(figsize=(8, 4))
-    q = res["quality"]
+    q = [r for r in res["quality"] if "accuracy" in r]
     x = np.arange(len(q))
     for i, key in enumerate(["macro_auc", "balanced_accuracy"]):
         ax.bar(x + (i - 0.5) * 0.38, [r[key] for r in q], 0.38, yerr=[r["std"][key] for r in q], label=key)
@@ -378,6 +499,8 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--models", nargs="*", help="only rows whose name starts with these prefixes, e.g. 1 2 6")
     parser.add_argument("--skip-speed", action="store_true", help="skip the speed section")
+    parser.add_argument("--ablation", action="store_true",
+                        help="also run the ablation rows 3-5 (on by default in the full profile)")
     parser.add_argument("--update-readme", action="store_true", help="write the table into README.md")
     parser.add_argument("--multilabel", action="store_true",
                         help="also run the multi-label findings table (dual-weighted metric loss vs BCE vs "
@@ -392,6 +515,8 @@ def main(argv=None):
     t_start = time.perf_counter()
     device = resolve_device(args.device)
     p = dict(PROFILES[args.profile])
+    p.update(shared_settings(p))  # the CNN rows' settings are DeepPneumoniaClassifier's
+    p["ablation"] = p.get("ablation", False) or args.ablation
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(args.seed)
@@ -416,7 +541,6 @@ def main(argv=None):
         "speed": speed,
         "fit_speed": fit_speed,
         "memory": peak_memory(device),
-        "seconds": time.perf_counter() - t_start,
     }
     if args.multilabel or args.profile == "full":
         import multilabel_eval
@@ -425,6 +549,7 @@ def main(argv=None):
         ml_profile = {"quick": "cpu", "full": "full", "tiny": "cpu"}[args.profile]
         res["multilabel"] = multilabel_eval.run(ml_profile, device=device, seed=args.seed,
                                                 only=["1", "2", "4", "5"], out=str(out / "multilabel"))
+    res["seconds"] = time.perf_counter() - t_start
     (out / "results.json").write_text(json.dumps(res, indent=2, default=str))
     md = markdown_report(res)
     if "multilabel" in res:

@@ -25,6 +25,7 @@ from skorch.callbacks import LRScheduler, PassthroughScoring, PrintLog
 from torch import nn
 from torch.optim.lr_scheduler import CosineAnnealingLR
 
+from ..data.augment import tta_views
 from ..data.dataset import XRayDataset
 from ..losses.attention import LesionContrastiveLoss, MaskAttentionLoss, make_alignment_loss
 from ..losses.class_balanced import ClassBalancedLoss, init_last_layer_bias
@@ -106,6 +107,14 @@ class MaskAttentionClassifier(TorchEstimatorMixin, NeuralNetClassifier):
         ``-log(C - 1)`` and gets no weight decay (Cui et al.).
     focal_gamma : float >= 0, default=0.5
         Focal-loss ``gamma`` (``loss_type="focal"`` only).
+    label_smoothing : float in [0, 1), default=0.1
+        Label smoothing of the classification loss: the target is ``0.9 * onehot + 0.1 / C``, so
+        a short fit on a few hundred images is not pushed to over-confident logits.
+    tta : int >= 0, default=4
+        Test-time augmentation: ``predict_proba`` averages the probabilities of the image and of
+        ``tta`` fixed, mildly shifted, rotated and cropped views of it
+        (:func:`dp_sklearn.data.augment.tta_views`); 0 switches it off. Attention maps and
+        ``transform`` always use the image alone.
     hard_attention : {"multiply", "replace"}, default="multiply"
         How a training mask acts on the pooling map: ``A * M`` or ``M``.
     alignment_loss : {"dice", "bce", "bce+dice"}, default="dice"
@@ -207,6 +216,8 @@ class MaskAttentionClassifier(TorchEstimatorMixin, NeuralNetClassifier):
         "class_balance_beta": [Interval(Real, 0, 1, closed="left")],
         "loss_type": [StrOptions({"softmax", "sigmoid", "focal"})],
         "focal_gamma": [Interval(Real, 0, None, closed="left")],
+        "label_smoothing": [Interval(Real, 0, 1, closed="left")],
+        "tta": [Interval(Integral, 0, None, closed="left")],
         "hard_attention": [StrOptions({"multiply", "replace"})],
         "alignment_loss": [StrOptions({"dice", "bce", "bce+dice"}), nn.Module],
         "pooling": [StrOptions({"attention", "avg", "attention+avg"})],
@@ -240,6 +251,8 @@ class MaskAttentionClassifier(TorchEstimatorMixin, NeuralNetClassifier):
         class_balance_beta=0.999,
         loss_type="softmax",
         focal_gamma=0.5,
+        label_smoothing=0.1,
+        tta=4,
         hard_attention="multiply",
         alignment_loss="dice",
         pooling="attention+avg",
@@ -293,6 +306,8 @@ class MaskAttentionClassifier(TorchEstimatorMixin, NeuralNetClassifier):
         self.class_balance_beta = class_balance_beta
         self.loss_type = loss_type
         self.focal_gamma = focal_gamma
+        self.label_smoothing = label_smoothing
+        self.tta = tta
         self.hard_attention = hard_attention
         self.alignment_loss = alignment_loss
         self.pooling = pooling
@@ -409,9 +424,10 @@ class MaskAttentionClassifier(TorchEstimatorMixin, NeuralNetClassifier):
     def initialize_criterion(self):
         beta = float(self.class_balance_beta)
         if beta == 0.0 and self.loss_type == "softmax":
-            cls = nn.CrossEntropyLoss()
+            cls = nn.CrossEntropyLoss(label_smoothing=self.label_smoothing)
         else:
-            cls = ClassBalancedLoss(loss_type=self.loss_type, beta=beta, gamma=self.focal_gamma)
+            cls = ClassBalancedLoss(loss_type=self.loss_type, beta=beta, gamma=self.focal_gamma,
+                                    label_smoothing=self.label_smoothing)
             counts = getattr(self, "class_counts_", None)
             if counts is not None:
                 cls.set_samples_per_class(counts)
@@ -533,7 +549,7 @@ class MaskAttentionClassifier(TorchEstimatorMixin, NeuralNetClassifier):
     def prepare_batch(self, batch, training):
         x = batch["x"]
         if not training:
-            return {"x": x}
+            return {"x": tta_views(x, self._tta_now)} if self._tta_now else {"x": x}
         mask = batch.get("mask")
         x, mask = self.augmenter_(x, mask)
         out = {"x": x}
@@ -560,15 +576,26 @@ class MaskAttentionClassifier(TorchEstimatorMixin, NeuralNetClassifier):
         images = check_images(X, min_samples=1)
         return images, self._make_dataset(images)
 
+    # Number of test-time views the next forward pass stacks along the batch (predict_proba only).
+    _tta_now = 0
+
     def _outputs(self, X, key=None):
         images, dataset = self._predict_dataset(X)
         logits, extra = [], []
+        views = 1 + self._tta_now
         for yp in self.forward_iter(dataset, training=False):
             out, aux = yp if isinstance(yp, tuple) else (yp, {})
-            logits.append(out.float())
+            logits.append(out.float().reshape(views, -1, out.shape[-1]))  # (views, batch, classes)
             if key is not None:
                 extra.append(aux[key].float())
-        return images, torch.cat(logits), (torch.cat(extra) if key is not None else None)
+        logits = torch.cat(logits, dim=1)
+        return images, (logits[0] if views == 1 else logits), (torch.cat(extra) if key is not None else None)
+
+    def _probabilities(self, logits):
+        if self.loss_type == "softmax":
+            return torch.softmax(logits, dim=1)
+        scores = torch.sigmoid(logits)
+        return scores / scores.sum(dim=1, keepdim=True).clamp_min(1e-12)
 
     def predict_proba(self, X):
         """Class probabilities ``(n, n_classes)``, float32; no masks are used.
@@ -577,12 +604,16 @@ class MaskAttentionClassifier(TorchEstimatorMixin, NeuralNetClassifier):
         one-vs-all sigmoid scores, normalised to sum to 1 per image (they are trained as
         independent probabilities; the normalisation keeps ``predict_proba``'s contract).
         """
-        _, logits, _ = self._outputs(X)
-        if self.loss_type == "softmax":
-            proba = torch.softmax(logits, dim=1)
+        views = int(getattr(self, "tta", 0))
+        self._tta_now = views
+        try:
+            _, logits, _ = self._outputs(X)
+        finally:
+            del self._tta_now
+        if views:  # logits (1 + views, n, classes): average the views' probabilities
+            proba = self._probabilities(logits.flatten(0, 1)).reshape(logits.shape).mean(0)
         else:
-            scores = torch.sigmoid(logits)
-            proba = scores / scores.sum(dim=1, keepdim=True).clamp_min(1e-12)
+            proba = self._probabilities(logits)
         return proba.numpy().astype(np.float32)
 
     def predict(self, X):

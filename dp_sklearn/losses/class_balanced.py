@@ -366,6 +366,9 @@ class ClassBalancedLoss(nn.Module):
         Training-set class counts. If None, set them before training with
         :meth:`set_samples_per_class` or :meth:`fit_counts` (with ``beta=0`` the
         weights are all ones and counts are not needed).
+    label_smoothing : float in [0, 1), default=0.0
+        Single-label targets only: the one-hot target becomes ``(1 - s) * onehot + s / C``
+        (Szegedy et al. 2016), for the softmax and the sigmoid/focal variants alike.
 
     Attributes
     ----------
@@ -407,7 +410,7 @@ class ClassBalancedLoss(nn.Module):
     True
     """
 
-    def __init__(self, loss_type="softmax", beta=0.999, gamma=0.5, samples_per_class=None):
+    def __init__(self, loss_type="softmax", beta=0.999, gamma=0.5, samples_per_class=None, label_smoothing=0.0):
         super().__init__()
         if loss_type not in _LOSS_TYPES:
             raise ValueError(
@@ -421,6 +424,9 @@ class ClassBalancedLoss(nn.Module):
             or not (gamma >= 0 and math.isfinite(gamma))
         ):
             raise ValueError(f"gamma must be a finite float >= 0, got {gamma!r}.")
+        if not isinstance(label_smoothing, Real) or isinstance(label_smoothing, bool) or not 0 <= label_smoothing < 1:
+            raise ValueError(f"label_smoothing must be a float in [0, 1), got {label_smoothing!r}.")
+        self.label_smoothing = float(label_smoothing)
         self.loss_type = loss_type
         self.beta = float(beta)
         self.gamma = float(gamma)
@@ -583,9 +589,11 @@ class ClassBalancedLoss(nn.Module):
                 return logits.sum() * 0.0
             alpha = w[target]
             if self.loss_type == "softmax":
-                ce = F.cross_entropy(logits, target, reduction="none")
+                ce = F.cross_entropy(logits, target, reduction="none", label_smoothing=self.label_smoothing)
                 return (alpha * ce).mean()
             labels = F.one_hot(target, n_classes).to(logits.dtype)
+            if self.label_smoothing:
+                labels = labels * (1.0 - self.label_smoothing) + self.label_smoothing / n_classes
         elif target.ndim == 2:
             if self.loss_type == "softmax":
                 raise ValueError(
