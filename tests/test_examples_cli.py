@@ -81,10 +81,18 @@ def test_benchmark_harness_end_to_end(tmp_path):
     run = load_script(ROOT / "benchmarks" / "run.py")
     res = run.main(["--profile", "tiny", "--out", str(tmp_path), "--models", "1.", "2.", "6."])
     saved = json.loads((tmp_path / "results.json").read_text())
-    assert [r["model"][:2] for r in saved["quality"]] == ["1.", "2.", "6."]
-    for r in saved["quality"]:
+    models = [r for r in saved["quality"] if "macro_auc" in r]
+    assert [r["model"][:2] for r in models] == ["1.", "2.", "6."]
+    for r in models:
         assert 0 <= r["macro_auc"] <= 1 and set(r["std"]) >= {"accuracy", "macro_auc"}
-    assert saved["quality"][2]["lesion_focus"] is not None  # the attention model is scored on masks
+    # localisation: Grad-CAM for the plain CNN, the attention branch for row 6, and the two location priors
+    where = {r["model"][:2]: r["localisation"] for r in saved["quality"] if r.get("localisation")}
+    assert where["2."]["source"] == "gradcam" and where["6."]["source"] == "attention"
+    priors = [r["localisation"] for r in saved["quality"] if r["model"].startswith("location prior")]
+    assert len(priors) == 2 and all(p["source"] == "prior" for p in priors)
+    for loc in list(where.values()) + priors:
+        assert loc["images"] > 0 and 0 <= loc["pointing_game"] <= 1
+        assert loc["lift"] == pytest.approx(loc["focus"] / loc["area"])
     assert {s["name"].split(" ")[0] for s in saved["speed"]} >= {"train", "predict", "DICOM"}
     assert all(s["images_per_s"] > 0 for s in saved["speed"])
     for name in ("results.md", "confusion_matrix.png", "roc.png", "attention_overlays.png", "ablation.png"):
