@@ -1,4 +1,4 @@
-"""The training recipe shared by dp_sklearn's torch estimators, as skorch callbacks.
+"""The training recipe shared by dp_sklearn's torch estimators: the learning-rate schedule.
 
 A data set of a thousand radiographs gives a CNN a few hundred optimizer steps, so the recipe
 counts steps, not epochs.
