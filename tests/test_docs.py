@@ -1,5 +1,7 @@
 """The documentation builds with Sphinx with no warning, and its API reference is complete."""
 
+import ast
+import doctest
 import importlib
 import inspect
 import os
@@ -7,7 +9,6 @@ import re
 import shutil
 import subprocess
 import sys
-import types
 from pathlib import Path
 
 import pytest
@@ -69,8 +70,53 @@ def test_sphinx_build_has_no_warnings(tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stderr.strip() == "", result.stderr  # not even a Python warning
     html = tmp_path / "html"
-    assert (html / "api.html").exists()
+    assert (html / "architecture.html").exists() and (html / "extending.html").exists()
     page = (html / "generated" / "dp_sklearn.MaskAttentionClassifier.html").read_text()
     assert "attention_maps" in page and ":class:" not in page  # roles rendered, not shown raw
     math = (html / "generated" / "dp_sklearn.losses.AttentionDiceLoss.html").read_text()
     assert 'class="math' in math and ".. math::" not in math
+
+
+# Layers that must not import from the estimators (docs/architecture.md, "Layers").
+LOWER = ["nn", "losses", "data", "datasets", "utils", "explain.py", "metrics.py", "radiomics.py", "plotting.py"]
+UPPER = {"dp_sklearn.estimators", "dp_sklearn.tuning", "dp_sklearn.cli"}
+
+
+def imported_modules(path):
+    """Absolute names of the dp_sklearn modules that ``path`` imports (lazy imports included)."""
+    package = ".".join(path.relative_to(ROOT).with_suffix("").parts[:-1])
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
+                yield f"{base}.{node.module}" if node.module else base
+            elif node.module:
+                yield node.module
+        elif isinstance(node, ast.Import):
+            yield from (alias.name for alias in node.names)
+
+
+@pytest.mark.parametrize("layer", LOWER)
+def test_lower_layers_do_not_import_the_estimators(layer):
+    target = ROOT / "dp_sklearn" / layer
+    files = [target] if target.suffix else sorted(target.rglob("*.py"))
+    bad = [(f.relative_to(ROOT).as_posix(), name) for f in files for name in imported_modules(f)
+           if any(name == up or name.startswith(up + ".") for up in UPPER)]
+    assert not bad, bad
+
+
+@pytest.mark.docs
+@pytest.mark.parametrize("page", ["architecture.md", "extending.md"])
+def test_guide_code_blocks_run(page, tmp_path, monkeypatch, capsys):
+    """The Python blocks of a guide page run in order, and so do the doctests of what they define."""
+    blocks = re.findall(r"^```python\n(.*?)^```", (DOCS / page).read_text(), flags=re.S | re.M)
+    assert blocks
+    monkeypatch.chdir(tmp_path)
+    namespace = {"__name__": f"docs_{Path(page).stem}"}
+    for block in blocks:
+        exec(compile(block, f"docs/{page}", "exec"), namespace)
+    runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS)
+    for name, obj in list(namespace.items()):
+        if getattr(obj, "__module__", None) == namespace["__name__"] and obj.__doc__:
+            runner.run(doctest.DocTestParser().get_doctest(obj.__doc__, dict(namespace), name, page, 0))
+    assert runner.failures == 0
