@@ -17,7 +17,8 @@ ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
 
 # The packages whose exported names the API reference must cover.
-EXPORTING = ["dp_sklearn", "dp_sklearn.estimators", "dp_sklearn.losses", "dp_sklearn.datasets", "dp_sklearn.utils"]
+EXPORTING = ["dp_sklearn", "dp_sklearn.estimators", "dp_sklearn.nn", "dp_sklearn.losses", "dp_sklearn.data",
+             "dp_sklearn.datasets", "dp_sklearn.utils"]
 
 
 def documented_objects():
