@@ -56,7 +56,6 @@ def test_documented_object_has_examples(name, obj):
 
 
 @pytest.mark.docs
-@pytest.mark.timeout(300)
 def test_sphinx_build_has_no_warnings(tmp_path):
     """``sphinx -W`` (warnings are errors) on a copy of docs/, so autosummary's generated pages
     stay out of the checkout; the package is imported from this checkout."""
@@ -66,7 +65,7 @@ def test_sphinx_build_has_no_warnings(tmp_path):
     env.pop("DP_SKLEARN_DOCS_INTERSPHINX", None)  # the build must not need the network
     result = subprocess.run(
         [sys.executable, "-m", "sphinx", "-b", "html", "-W", "--keep-going", "-q", str(src), str(tmp_path / "html")],
-        capture_output=True, text=True, env=env, cwd=tmp_path,
+        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=1800,  # ~10 s of CPU; slack for busy CI
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stderr.strip() == "", result.stderr  # not even a Python warning
