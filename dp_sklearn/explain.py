@@ -384,7 +384,18 @@ def masks_to_boxes(masks):
 
 
 def boxes_to_masks(boxes, shape):
-    """Boolean masks ``(N, H, W)`` that are True inside each ``(x0, y0, x1, y1)`` box."""
+    """Boolean masks ``(N, H, W)`` that are True inside each ``(x0, y0, x1, y1)`` box.
+
+    Pixel boxes with exclusive ends, as :func:`masks_to_boxes` returns them; ``shape`` is
+    ``(H, W)``. This is how bounding-box annotations become the ``masks`` of ``fit``.
+
+    Examples
+    --------
+    >>> boxes_to_masks([[1, 0, 3, 2]], (3, 4)).astype(int)[0]
+    array([[0, 1, 1, 0],
+           [0, 1, 1, 0],
+           [0, 0, 0, 0]])
+    """
     b = np.asarray(boxes, dtype=np.int64).reshape(-1, 4)
     h, w = shape
     yy, xx = np.arange(h)[None, :, None], np.arange(w)[None, None, :]

@@ -344,10 +344,10 @@ class RadiographAugment(nn.Module):
 
         Returns
         -------
-        images : Tensor of shape (N, C, *output_size), the input dtype, values in [0, 1]
+        images : Tensor of shape ``(N, C, *output_size)``, the input dtype, values in [0, 1]
             Returned alone when ``masks`` is None.
         (images, masks) : tuple
-            Masks float {0, 1} of shape (N, 1, *output_size), in the images' dtype.
+            Masks float {0, 1} of shape ``(N, 1, *output_size)``, in the images' dtype.
         """
         masks = _check_batch(images, masks)
         dtype, device = images.dtype, images.device

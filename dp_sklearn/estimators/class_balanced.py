@@ -103,7 +103,7 @@ class ClassBalancedWeighting(MetaEstimatorMixin, ClassifierMixin, BaseEstimator)
         (Weighted) number of training samples of each class.
     n_features_in_ : int
         From the inner estimator, where it has one.
-    feature_names_in_ : ndarray of shape (n_features_in_,)
+    feature_names_in_ : ndarray of shape (``n_features_in_``,)
         From the inner estimator, where it has one.
 
     Notes

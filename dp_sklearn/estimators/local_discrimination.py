@@ -469,7 +469,7 @@ class LocalDiscriminationPretrainer(TorchEstimatorMixin, TransformerMixin, skorc
 
         Returns
         -------
-        ndarray of float32, shape (n, embedding_dim_)
+        ndarray of float32, shape (n, ``embedding_dim_``)
         """
         chunks = [out.float().cpu() for out in self._run(X, self.transform_output)]
         return torch.cat(chunks).numpy().astype(np.float32, copy=False)

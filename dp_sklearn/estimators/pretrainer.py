@@ -470,7 +470,7 @@ class ContrastivePretrainer(TorchEstimatorMixin, TransformerMixin, skorch.Neural
 
         Returns
         -------
-        ndarray of float32, shape (n, embedding_dim_)
+        ndarray of float32, shape (n, ``embedding_dim_``)
         """
         check_is_fitted(self, "module_")
         images, _ = self._validate_data(X, fitting=False)
@@ -487,7 +487,7 @@ class ContrastivePretrainer(TorchEstimatorMixin, TransformerMixin, skorch.Neural
 
         Returns
         -------
-        ndarray of str objects, shape (embedding_dim_,)
+        ndarray of str objects, shape (``embedding_dim_``,)
         """
         check_is_fitted(self, "module_")
         return np.asarray([f"embedding{i}" for i in range(self.embedding_dim_)], dtype=object)

@@ -396,6 +396,7 @@ def build_backbone(backbone="resnet18", in_channels: int = 1, **kwargs) -> nn.Mo
         - an ``nn.Module`` instance, used as is: not copied, so its weights are shared
           with the caller and trained in place (wrapped when it lacks the attributes,
           see Returns).
+
         A user module must return a 4-D feature map ``(N, C, h, w)``.
     in_channels : int, default=1
         Image channels.
