@@ -226,8 +226,8 @@ def test_optuna_search_cv_slices_masks_per_fold():
 
 def test_optuna_integration_search_cv_also_slices_masks():
     """Pins optuna_integration.OptunaSearchCV's behaviour where it can run (it needs pandas)."""
-    pytest.importorskip("pandas")
-    from optuna_integration import OptunaSearchCV as IntegrationSearchCV
+    import_or_skip("pandas", "optuna_integration.OptunaSearchCV needs pandas")
+    IntegrationSearchCV = import_or_skip("optuna_integration", "optuna-integration").OptunaSearchCV
 
     X, y, masks = _recording_data(24)
     RecordingClassifier.log = []
