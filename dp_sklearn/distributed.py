@@ -38,6 +38,7 @@ from sklearn.pipeline import Pipeline
 
 __all__ = [
     "PathColumn",
+    "list_images",
     "paths_to_dask",
     "parallel_post_fit",
     "score_paths",
