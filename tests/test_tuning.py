@@ -22,6 +22,7 @@ from sklearn.datasets import make_classification
 from sklearn.linear_model import LogisticRegression
 
 from dp_sklearn.estimators.class_balanced import ClassBalancedWeighting
+from _optional import import_or_skip
 from dp_sklearn.tuning import (
     SEARCH_SPACES,
     OptunaSearchCV,
@@ -225,8 +226,8 @@ def test_optuna_search_cv_slices_masks_per_fold():
 
 def test_optuna_integration_search_cv_also_slices_masks():
     """Pins optuna_integration.OptunaSearchCV's behaviour where it can run (it needs pandas)."""
-    pytest.importorskip("pandas")
-    from optuna_integration import OptunaSearchCV as IntegrationSearchCV
+    import_or_skip("pandas", "optuna_integration.OptunaSearchCV needs pandas")
+    IntegrationSearchCV = import_or_skip("optuna_integration", "optuna-integration").OptunaSearchCV
 
     X, y, masks = _recording_data(24)
     RecordingClassifier.log = []
@@ -407,51 +408,75 @@ def test_mask_attention_study_on_cxr1k_16px(tmp_path):
 
 
 def _find_pg_tool(name):
+    """``name`` on PATH, else in Debian's /usr/lib/postgresql/<version>/bin (newest version)."""
     import glob
     import shutil
 
     found = shutil.which(name)
     if found:
         return found
-    candidates = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))
+    candidates = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"),
+                        key=lambda p: [int(v) if v.isdigit() else v for v in p.split("/")[4].split(".")])
     return candidates[-1] if candidates else None
 
 
-@pytest.fixture
+def _free_loopback_port():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
 def postgres_url():
-    """A throw-away PostgreSQL server on a Unix socket; skipped without initdb or psycopg2."""
+    """A throw-away PostgreSQL server on 127.0.0.1 (a fresh data directory, trust auth).
+
+    The server refuses to run as root (CI runs as root): then initdb/pg_ctl run as the
+    ``postgres`` user (created by Debian's postgresql package), else as ``nobody``, with the
+    temporary directory owned by that user. Skips, with the reason, when psycopg2 or the
+    server binaries are missing; ``.ci/run`` installs both.
+    """
+    import pwd
     import shutil
     import tempfile
 
-    pytest.importorskip("psycopg2")
+    import_or_skip("psycopg2", "the PostgreSQL driver (pip install dp-sklearn[distributed])")
     initdb, pg_ctl = _find_pg_tool("initdb"), _find_pg_tool("pg_ctl")
     if not (initdb and pg_ctl):
-        pytest.skip("PostgreSQL server binaries (initdb, pg_ctl) not found")
+        pytest.skip("PostgreSQL server binaries (initdb, pg_ctl) not on PATH nor in /usr/lib/postgresql/*/bin")
     root = tempfile.mkdtemp(prefix="dp_sklearn_pg_")
-    run_as = []
-    if os.geteuid() == 0:  # postgres refuses to run as root
-        import pwd
-
-        try:
-            user = pwd.getpwnam("postgres")
-        except KeyError:
-            pytest.skip("running as root and there is no 'postgres' user to run the server")
+    as_user = {}
+    if os.geteuid() == 0:
+        for name in ("postgres", "nobody"):
+            try:
+                user = pwd.getpwnam(name)
+                break
+            except KeyError:
+                continue
+        else:
+            pytest.skip("running as root and there is neither a 'postgres' nor a 'nobody' user to run the server")
         os.chown(root, user.pw_uid, user.pw_gid)
-        run_as = ["runuser", "-u", "postgres", "--"]
-    data, port = os.path.join(root, "data"), str(55432 + os.getpid() % 1000)
+        as_user = dict(user=user.pw_uid, group=user.pw_gid, extra_groups=[])
+    data, port = os.path.join(root, "data"), _free_loopback_port()
+    env = dict(os.environ, LC_ALL="C", LANG="C")
+    run = dict(check=True, capture_output=True, text=True, timeout=120, cwd=root, env=env, **as_user)
     try:
-        subprocess.run([*run_as, initdb, "-D", data, "-A", "trust", "-U", "postgres"],
-                       check=True, capture_output=True, timeout=120)
-        subprocess.run([*run_as, pg_ctl, "-D", data, "-w", "-l", os.path.join(root, "log"),
-                        "-o", f"-p {port} -k {root} -c listen_addresses=''", "start"],
-                       check=True, capture_output=True, timeout=120)
+        subprocess.run([initdb, "-D", data, "-A", "trust", "-U", "postgres", "-E", "UTF8", "--locale=C"], **run)
+        subprocess.run([pg_ctl, "-D", data, "-w", "-t", "60", "-l", os.path.join(root, "log"),
+                        "-o", f"-p {port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={root}",
+                        "start"], **run)
     except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as e:
+        log = ""
+        if os.path.exists(os.path.join(root, "log")):
+            log = open(os.path.join(root, "log")).read()[-2000:]
         shutil.rmtree(root, ignore_errors=True)
-        pytest.skip(f"could not start a PostgreSQL server: {e}")
+        pytest.fail(f"could not start a PostgreSQL server: {e}\n{getattr(e, 'stderr', '')}\n{log}")
     try:
-        yield f"postgresql+psycopg2://postgres@/postgres?host={root}&port={port}"
+        yield f"postgresql+psycopg2://postgres@127.0.0.1:{port}/postgres"
     finally:
-        subprocess.run([*run_as, pg_ctl, "-D", data, "-m", "immediate", "stop"], capture_output=True, timeout=60)
+        subprocess.run([pg_ctl, "-D", data, "-m", "immediate", "stop"], capture_output=True, timeout=60,
+                       cwd=root, env=env, **as_user)
         shutil.rmtree(root, ignore_errors=True)
 
 
@@ -481,3 +506,80 @@ def test_two_workers_share_one_postgresql_study(postgres_url):
     # other worker at that moment still finishes).
     assert 8 <= len(finished) <= 9
     assert all(out.count("[tune] trial") >= 1 for out, _ in outputs)
+
+
+# A grid over the class-balanced space, split between workers by Optuna's GridSampler. Every
+# worker of the study must give the sampler the same seed: the seed shuffles the grid, and the
+# grid ids stored in the study are positions in that shuffled list (workers with seeds 1 and 2
+# evaluate one point twice and miss another). The folds are fixed (random_state=0), so a grid
+# point scores the same in any worker and any storage. Worker "kill" dies (SIGKILL) 0.6 s into
+# its first trial, after its first heartbeat, and leaves that trial RUNNING.
+GRID = {"beta": [0.9, 0.99, 0.999, 0.9999], "estimator__C": [0.05, 1.0]}
+GRID_WORKER = textwrap.dedent("""
+    import os, signal, sys, time
+    import optuna
+    from sklearn.datasets import make_classification
+    from sklearn.linear_model import LogisticRegression
+    from dp_sklearn.estimators.class_balanced import ClassBalancedWeighting
+    from dp_sklearn.tuning import tune
+
+    storage, role, grid = sys.argv[1], sys.argv[2], eval(sys.argv[3])
+    X, y = make_classification(n_samples=90, n_features=8, weights=[0.75], class_sep=1.5, random_state=0)
+
+    calls = []
+
+    def space(trial):
+        params = {k: trial.suggest_categorical(k, v) for k, v in grid.items()}
+        calls.append(trial.number)
+        if role == "kill" and len(calls) == 2:  # call 1 is tune's dry run of the space
+            time.sleep(0.6)
+            os.kill(os.getpid(), signal.SIGKILL)
+        return params
+
+    tune(ClassBalancedWeighting(LogisticRegression()), X, y, search_space=space, n_trials_total=8, cv=2,
+         storage=storage, study_name="grid", random_state=0, sampler=optuna.samplers.GridSampler(grid, seed=0),
+         pruner=optuna.pruners.NopPruner(), heartbeat_interval=1, grace_period=1, verbose=1, refit=False)
+""")
+
+
+def test_postgresql_worker_killed_mid_trial_is_retried_and_best_equals_sqlite(postgres_url, tmp_path):
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+    start = [sys.executable, "-c", GRID_WORKER, postgres_url]
+    # The first worker dies in its first trial; then a second worker (the restarted one, or
+    # another machine's) joins the study: it finds the trial RUNNING without a heartbeat for
+    # longer than grace_period, fails it and runs it again (same grid point), then the rest.
+    killed = subprocess.run([*start, "kill", repr(GRID)], cwd=REPO, env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    before = optuna.load_study(study_name="grid", storage=make_storage(postgres_url))
+    assert [t.state for t in before.trials] == [TrialState.RUNNING]
+    time.sleep(1.5)  # heartbeat older than grace_period, whatever the second worker's start-up time
+    survivor = subprocess.run([*start, "work", repr(GRID)], cwd=REPO, env=env,
+                              capture_output=True, text=True, timeout=300)
+    assert survivor.returncode == 0, survivor.stderr
+    pg = optuna.load_study(study_name="grid", storage=make_storage(postgres_url))
+    trials = sorted(pg.trials, key=lambda t: t.number)
+    failed = [t for t in trials if t.state == TrialState.FAIL]
+    # The killed worker's trial went stale, was set to FAIL by the survivor and re-queued with
+    # its parameters; the survivor ran the copy.
+    assert len(failed) == 1, [(t.number, t.state) for t in trials]
+    retried = [t for t in trials if t.system_attrs.get("failed_trial") == failed[0].number]
+    assert len(retried) == 1 and retried[0].state == TrialState.COMPLETE
+    assert retried[0].params == failed[0].params
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert len(complete) == 8
+    pg_values = {tuple(sorted(t.params.items())): t.value for t in complete}
+    assert len(pg_values) == 8  # every grid point once
+
+    # The same grid, seed and budget in one process on SQLite.
+    space = lambda trial: {k: trial.suggest_categorical(k, v) for k, v in GRID.items()}  # noqa: E731
+    X, y = make_classification(n_samples=90, n_features=8, weights=[0.75], class_sep=1.5, random_state=0)
+    ref = tune(ClassBalancedWeighting(LogisticRegression()), X, y, search_space=space, n_trials_total=8, cv=2,
+               storage=tmp_path / "grid.sqlite3", study_name="grid", random_state=0,
+               sampler=optuna.samplers.GridSampler(GRID, seed=0), pruner=optuna.pruners.NopPruner(),
+               verbose=0, refit=False)
+    sqlite_values = {tuple(sorted(t.params.items())): t.value for t in ref.study.trials}
+    assert pg_values == sqlite_values
+    assert pg.best_value == ref.study.best_value
+    # (Two grid points tie at the best value here; which one is "best" follows trial order.)
+    assert sqlite_values[tuple(sorted(pg.best_params.items()))] == ref.study.best_value
