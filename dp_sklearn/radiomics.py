@@ -491,21 +491,21 @@ def _lines(h, w, dy, dx, device):
 
 def _glrlm(levels, m, g_max, dtype):
     n, h, w = levels.shape
-    pad_lv = torch.cat([levels.flatten(1), levels.new_zeros(n, 1)], 1)  # level 0 marks "outside"
+    small = torch.int16 if g_max < 2 ** 15 else torch.int64
+    pad_lv = torch.cat([levels.flatten(1), levels.new_zeros(n, 1)], 1).to(small)  # level 0 marks "outside"
     feats, valid = [], []
     for dy, dx in _DIRECTIONS:
-        idx = _lines(h, w, dy, dx, levels.device)
-        lv = pad_lv[:, idx]  # (N, L, P)
+        lv = pad_lv[:, _lines(h, w, dy, dx, levels.device)]  # (N, L, P)
         inside = lv > 0
-        prev = F.pad(lv[:, :, :-1], (1, 0))
-        nxt = F.pad(lv[:, :, 1:], (0, 1))
-        start = inside & (prev != lv)
-        end = inside & (nxt != lv)
-        pos = torch.arange(lv.shape[2], device=lv.device).expand_as(lv)
-        start_pos = torch.where(start, pos, torch.zeros_like(pos)).cummax(2).values
-        length = (pos - start_pos + 1)[end]
-        img = torch.arange(n, device=lv.device)[:, None, None].expand_as(lv)[end]
-        f, nr = _table_features(img, lv[end], length, n, g_max, dtype)
+        start = inside.clone()
+        start[:, :, 1:] &= lv[:, :, :-1] != lv[:, :, 1:]
+        end = inside.clone()
+        end[:, :, :-1] &= lv[:, :, 1:] != lv[:, :, :-1]
+        pos = torch.arange(lv.shape[2], dtype=torch.int32, device=lv.device)
+        start_pos = torch.where(start, pos, 0).cummax(2).values
+        b, line, q = end.nonzero(as_tuple=True)
+        length = (q - start_pos[b, line, q] + 1).long()
+        f, nr = _table_features(b, lv[b, line, q].long(), length, n, g_max, dtype)
         # PyRadiomics drops a direction along which no line holds two region pixels.
         multi = (inside.sum(2) > 1).any(1)
         feats.append(f)
