@@ -669,6 +669,14 @@ _MS_AREA = (0, 1 / 8, 1 / 8, 1 / 2, 1 / 8, 1 / 2, 1 / 4, 7 / 8, 1 / 8, 1 / 4, 1 
 _MS_PERIM = (0, _R, _R, 1, _R, 1, 2 * _R, _R, _R, 2 * _R, 1, _R, 1, _R, _R, 0)
 
 
+def _compact(pts, keep):
+    """Move each row's kept points ``(N, P, 2)`` to the front and drop columns no row keeps."""
+    order = torch.sort(keep.to(torch.uint8), dim=1, descending=True, stable=True).indices
+    k = max(int(keep.sum(1).max()), 1) if keep.shape[0] else 1
+    order = order[:, :k]
+    return pts.gather(1, order[..., None].expand(-1, -1, 2)), keep.gather(1, order)
+
+
 def shape_features(masks, n_directions=None, dtype=torch.float64):
     """The 9 shape2D features ``(N, 9)`` of each mask, in ``SHAPE_NAMES`` order, in ``dtype``.
 
@@ -696,8 +704,10 @@ def shape_features(masks, n_directions=None, dtype=torch.float64):
     code = (pad[:, :-1, :-1] + 2 * pad[:, :-1, 1:] + 4 * pad[:, 1:, :-1] + 8 * pad[:, 1:, 1:]).long()
     area_t = torch.tensor(_MS_AREA, dtype=dtype, device=m.device)
     perim_t = torch.tensor(_MS_PERIM, dtype=dtype, device=m.device)
-    area = area_t[code].sum((1, 2))
-    perim = perim_t[code].sum((1, 2))
+    hist = torch.zeros(n, 16, dtype=dtype, device=m.device).scatter_add_(
+        1, code.flatten(1), torch.ones(1, 1, dtype=dtype, device=m.device).expand(n, code[0].numel()))
+    area = hist @ area_t  # cells of each marching-squares case times that case's area / length
+    perim = hist @ perim_t
     wts = m.flatten(1).to(dtype)
     npix = wts.sum(1)
     ys, xs = torch.meshgrid(torch.arange(h, dtype=dtype, device=m.device),
@@ -705,9 +715,11 @@ def shape_features(masks, n_directions=None, dtype=torch.float64):
     ys, xs = ys.flatten(), xs.flatten()
     safe = npix.clamp_min(1)
     my, mx = (wts * ys).sum(1) / safe, (wts * xs).sum(1) / safe
-    cyy = (wts * (ys - my[:, None]) ** 2).sum(1) / safe
-    cxx = (wts * (xs - mx[:, None]) ** 2).sum(1) / safe
-    cxy = (wts * (ys - my[:, None]) * (xs - mx[:, None])).sum(1) / safe
+    dy, dx = ys - my[:, None], xs - mx[:, None]
+    wdy = wts * dy
+    cyy = (wdy * dy).sum(1) / safe
+    cxy = (wdy * dx).sum(1) / safe
+    cxx = (wts * dx * dx).sum(1) / safe
     tr, det = cxx + cyy, cxx * cyy - cxy ** 2
     disc = torch.sqrt(((tr / 2) ** 2 - det).clamp_min(0))
     lmax, lmin = (tr / 2 + disc).clamp_min(0), (tr / 2 - disc).clamp_min(0)
@@ -736,19 +748,19 @@ def shape_features(masks, n_directions=None, dtype=torch.float64):
         # Exact. The diameter's endpoints lie, in the sampled direction nearest to theirs (at most
         # half a step away), within D (1 - cos(step / 2)) of the extreme projections; keep only such
         # points (a few per region), then take the largest distance over all their pairs.
-        step = math.pi / 90
-        theta = torch.arange(90, dtype=dtype, device=m.device) * step
+        pts, on = _compact(pts, on)
+        n_dir = 36
+        step = math.pi / n_dir
+        theta = torch.arange(n_dir, dtype=dtype, device=m.device) * step
         dirs = torch.stack([torch.sin(theta), torch.cos(theta)])
-        proj = pts @ dirs  # (N, P, 90)
+        proj = pts @ dirs  # (N, P, n_dir)
         hi = torch.where(on[..., None], proj, -float("inf")).amax(1, keepdim=True)
         lo = torch.where(on[..., None], proj, float("inf")).amin(1, keepdim=True)
         d_up = ((hi - lo).amax(2, keepdim=True) / math.cos(step / 2)).nan_to_num(0.0, posinf=0.0, neginf=0.0)
         tol = d_up * (1 - math.cos(step / 2)) + 1e-9 * (1 + d_up)
         cand = on & ((proj >= hi - tol) | (proj <= lo + tol)).any(2)
-        order = torch.sort(cand.to(torch.uint8), dim=1, descending=True, stable=True).indices
-        k = max(int(cand.sum(1).max()), 1) if n else 1
-        order = order[:, :k]
-        cp, co = pts.gather(1, order[..., None].expand(-1, -1, 2)), cand.gather(1, order)
+        cp, co = _compact(pts, cand)
+        k = cp.shape[1]
         chunk = max(1, int(2e7 // max(1, k * k)))
         for s in range(0, n, chunk):
             p, o = cp[s:s + chunk], co[s:s + chunk]
