@@ -25,8 +25,9 @@ Grey levels (every texture class, and the first-order ``Entropy`` / ``Uniformity
 shape2D
     Marching squares on the mask (contour through the midpoints between region and background pixel
     centres, diagonal corners separate); ``MaximumDiameter`` is the largest distance between contour
-    vertices (exact, over the leftmost and rightmost vertices of each vertex row, which contain the
-    convex hull); axis lengths from the biased covariance of the pixel centres.
+    vertices, exact: over the leftmost and rightmost vertices of each vertex row (they contain the
+    convex hull), of which only those near an extreme projection in one of 36 directions can be
+    endpoints; axis lengths from the biased covariance of the pixel centres.
 GLCM / GLRLM
     4 directions (0, 45, 90, 135 degrees), features averaged over the directions that have pairs
     (GLCM) or runs (GLRLM); a GLRLM direction along which no line holds two region pixels is
