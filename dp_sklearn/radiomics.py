@@ -834,7 +834,9 @@ def radiomic_features(images, masks, n_levels=32, intensity_range=(0.0, 1.0), ch
     intensity_range : (float, float), default=(0, 1)
         ``low`` anchors the bin grid (PyRadiomics anchors it at 0); values outside are not clipped.
     chunk_size : int, default=256
-        Images per internal chunk (bounds memory).
+        At most this many images per internal piece (bounds memory). Images are processed in
+        pieces of similar region size (sorted by bounding box; at most ``max(16, N / 8)`` each),
+        each cropped to its largest region's box; the output keeps the input order.
     bin_width : float, optional
         PyRadiomics' ``binWidth``; overrides ``n_levels``.
 
@@ -856,13 +858,23 @@ def radiomic_features(images, masks, n_levels=32, intensity_range=(0.0, 1.0), ch
         raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}.")
     lo, w = _bin_width(n_levels, intensity_range, bin_width)
     x, m, as_numpy = _as_tensors(images, masks)
-    parts = []
-    for s in range(0, len(x), chunk_size):
-        xs, ms = _crop_to_regions(x[s:s + chunk_size], m[s:s + chunk_size])
+    # Regions sorted by bounding-box area and cut into pieces, so that each piece's canvas (the
+    # largest box in it) is close to its regions' own size; results go back to the input order.
+    n = len(x)
+    rows, cols = m.any(2), m.any(1)
+    ar_h, ar_w = torch.arange(m.shape[1], device=m.device), torch.arange(m.shape[2], device=m.device)
+    h_box = torch.where(rows, ar_h, -1).amax(1) - torch.where(rows, ar_h, m.shape[1]).amin(1) + 1
+    w_box = torch.where(cols, ar_w, -1).amax(1) - torch.where(cols, ar_w, m.shape[2]).amin(1) + 1
+    order = torch.argsort((h_box.clamp_min(0) * w_box.clamp_min(0)), stable=True)
+    piece = int(min(chunk_size, max(16, -(-n // 8))))
+    out = x.new_zeros((n, len(FEATURE_NAMES)))
+    for s in range(0, n, piece):
+        idx = order[s:s + piece]
+        xs, ms = _crop_to_regions(x[idx], m[idx])
         levels, ng = _discretize(xs, ms, lo, w)
         g_max = max(int(ng.max()), 1)
         dt = xs.dtype
-        parts.append(torch.cat([
+        out[idx] = torch.cat([
             shape_features(ms, dtype=dt),
             _firstorder(xs, ms, levels, g_max),
             _glcm(levels, ms, ng, g_max, dt),
@@ -870,8 +882,7 @@ def radiomic_features(images, masks, n_levels=32, intensity_range=(0.0, 1.0), ch
             _glszm(levels, ms, g_max, dt),
             _gldm(levels, ms, g_max, dt),
             _ngtdm(levels, ms, g_max, dt),
-        ], 1))
-    out = torch.cat(parts) if parts else x.new_zeros((0, len(FEATURE_NAMES)))
+        ], 1)
     return _out(out, as_numpy)
 
 
