@@ -203,7 +203,7 @@ def test_radiomic_features_batch_invariant_typed_and_scaled():
     for k in range(4):
         mask[k, 2 + k:10 + 2 * k, 3:12 + k] = True  # row 4: empty region
     feats = radiomic_features(img, mask)
-    assert feats.shape == (5, len(FEATURE_NAMES)) == (5, 54) and feats.dtype == np.float64
+    assert feats.shape == (5, len(FEATURE_NAMES)) == (5, 102) and feats.dtype == np.float64
     assert np.isnan(feats[4]).all() and np.isfinite(feats[:4]).all()
     np.testing.assert_allclose(radiomic_features(img[1:2], mask[1:2])[0], feats[1])
     np.testing.assert_allclose(radiomic_features(img, mask, chunk_size=2), feats)
