@@ -114,7 +114,7 @@ def _handwritten_predict(module, X, p, device, amp_dtype, tta):
     """Images/s of a plain inference loop with the same test-time views as predict_proba."""
     import torch
 
-    from dp_sklearn.data.augment import tta_views
+    from dp_sklearn.data.augment import tta_view
     from dp_sklearn.utils.device import autocast
 
     module.eval()
@@ -122,13 +122,18 @@ def _handwritten_predict(module, X, p, device, amp_dtype, tta):
     _sync(device)
     t0 = time.perf_counter()
     with torch.inference_mode():
-        for start in range(0, len(X), p["batch_size"]):
-            x = Xt[start:start + p["batch_size"]].to(device)
-            if device.startswith("cuda"):
-                x = x.contiguous(memory_format=torch.channels_last)
-            with autocast(device, amp_dtype):
-                logits, _ = module(x=tta_views(x, tta))
-            torch.softmax(logits.float(), dim=1).reshape(1 + tta, len(x), -1).mean(0).cpu()
+        proba = 0.0
+        for k in range(1 + tta):  # one pass per view, as predict_proba
+            out = []
+            for start in range(0, len(X), p["batch_size"]):
+                x = Xt[start:start + p["batch_size"]].to(device)
+                if device.startswith("cuda"):
+                    x = x.contiguous(memory_format=torch.channels_last)
+                with autocast(device, amp_dtype):
+                    logits, _ = module(x=tta_view(x, k))
+                out.append(torch.softmax(logits.float(), dim=1).cpu())
+            proba = proba + torch.cat(out).double()
+        (proba / (1 + tta)).float()
     _sync(device)
     return len(X) / (time.perf_counter() - t0)
 

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["IdentityAugment", "RadiographAugment", "build_augment", "resize_batch", "tta_views"]
+__all__ = ["IdentityAugment", "RadiographAugment", "build_augment", "resize_batch", "tta_view"]
 
 
 def _size_pair(size, name: str):
@@ -424,40 +424,38 @@ TTA_VIEWS = ((0.04, 0.0, 1.0), (-0.04, 0.0, 1.0), (0.0, 0.04, 1.0), (0.0, -0.04,
                    (0.0, 0.0, 1.08), (0.03, 0.03, 1.04), (-0.03, -0.03, 1.04), (0.0, 0.0, 0.94))
 
 
-def tta_views(images, n_views):
-    """The batch followed by ``n_views`` fixed geometric views of it, stacked along the batch axis.
+def tta_view(images, k):
+    """View ``k`` of test-time augmentation: the same fixed shift/zoom for every image.
 
-    Every image gets the same views (a shift of 4 % along each axis, then mild zooms, see
-    ``TTA_VIEWS``), so a prediction does not depend on the batch an image falls in.
-    Outside the image reads black, as in :class:`RadiographAugment`.
+    ``k = 0`` is the image itself; ``k = 1 .. 8`` are ``TTA_VIEWS[k - 1]``: a shift of 4 % along
+    each axis, then mild zooms. Every image gets the same view, so a prediction does not depend on
+    the batch an image falls in. Outside the image reads black, as in :class:`RadiographAugment`.
 
     Parameters
     ----------
     images : Tensor of shape (N, C, H, W)
-    n_views : int in [0, 8]
+    k : int in [0, 8]
 
     Returns
     -------
-    Tensor of shape ((1 + n_views) * N, C, H, W); rows ``k * N : (k + 1) * N`` are view ``k``
-    (view 0 is the input itself).
+    Tensor of the input's shape and dtype.
 
     Examples
     --------
     >>> import torch
-    >>> x = torch.zeros(2, 1, 8, 8); x[:, :, 2:6, 2:6] = 1
-    >>> v = tta_views(x, 4)
-    >>> v.shape, bool(torch.equal(v[:2], x))
-    (torch.Size([10, 1, 8, 8]), True)
+    >>> x = torch.zeros(1, 1, 50, 50); x[..., 20:30, 20:30] = 1
+    >>> bool(torch.equal(tta_view(x, 0), x))
+    True
+    >>> torch.allclose(tta_view(x, 1), torch.roll(x, 2, dims=-1), atol=1e-5)  # 4 % of 50 px right
+    True
     """
-    if not 0 <= int(n_views) <= len(TTA_VIEWS):
-        raise ValueError(f"n_views must lie in [0, {len(TTA_VIEWS)}], got {n_views!r}.")
-    if n_views == 0:
+    if not 0 <= int(k) <= len(TTA_VIEWS):
+        raise ValueError(f"the test-time view must lie in [0, {len(TTA_VIEWS)}], got {k!r}.")
+    if k == 0:
         return images
-    n = images.shape[0]
-    theta = torch.tensor([[[1 / z, 0.0, -2 * dx], [0.0, 1 / z, -2 * dy]] for dx, dy, z in TTA_VIEWS[:n_views]],
-                         dtype=torch.float32, device=images.device)
-    theta = theta.repeat_interleave(n, dim=0)
-    stacked = images.float().repeat(n_views, 1, 1, 1)
-    grid = F.affine_grid(theta, list(stacked.shape), align_corners=False)
-    views = F.grid_sample(stacked, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-    return torch.cat([images, views.to(images.dtype)])
+    dx, dy, zoom = TTA_VIEWS[k - 1]
+    theta = torch.tensor([[1 / zoom, 0.0, -2 * dx], [0.0, 1 / zoom, -2 * dy]], dtype=torch.float32,
+                         device=images.device).expand(images.shape[0], 2, 3)
+    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+    view = F.grid_sample(images.float(), grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    return view.to(images.dtype)

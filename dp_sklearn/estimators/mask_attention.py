@@ -25,7 +25,7 @@ from skorch.callbacks import LRScheduler, PassthroughScoring, PrintLog
 from torch import nn
 from torch.optim.lr_scheduler import CosineAnnealingLR
 
-from ..data.augment import tta_views
+from ..data.augment import tta_view
 from ..data.dataset import XRayDataset
 from ..losses.attention import LesionContrastiveLoss, MaskAttentionLoss, make_alignment_loss
 from ..losses.class_balanced import ClassBalancedLoss, init_last_layer_bias
@@ -112,9 +112,9 @@ class MaskAttentionClassifier(TorchEstimatorMixin, NeuralNetClassifier):
         a short fit on a few hundred images is not pushed to over-confident logits.
     tta : int >= 0, default=4
         Test-time augmentation: ``predict_proba`` averages the probabilities of the image and of
-        ``tta`` fixed, mildly shifted, rotated and cropped views of it
-        (:func:`dp_sklearn.data.augment.tta_views`); 0 switches it off. Attention maps and
-        ``transform`` always use the image alone.
+        ``tta`` fixed, mildly shifted and zoomed views of it (:func:`dp_sklearn.data.augment.tta_view`),
+        one pass over ``X`` per view; 0 switches it off. Attention maps and ``transform`` always use
+        the image alone.
     hard_attention : {"multiply", "replace"}, default="multiply"
         How a training mask acts on the pooling map: ``A * M`` or ``M``.
     alignment_loss : {"dice", "bce", "bce+dice"}, default="dice"
@@ -549,7 +549,7 @@ class MaskAttentionClassifier(TorchEstimatorMixin, NeuralNetClassifier):
     def prepare_batch(self, batch, training):
         x = batch["x"]
         if not training:
-            return {"x": tta_views(x, self._tta_now)} if self._tta_now else {"x": x}
+            return {"x": tta_view(x, self._view_now)} if self._view_now else {"x": x}
         mask = batch.get("mask")
         x, mask = self.augmenter_(x, mask)
         out = {"x": x}
@@ -576,20 +576,18 @@ class MaskAttentionClassifier(TorchEstimatorMixin, NeuralNetClassifier):
         images = check_images(X, min_samples=1)
         return images, self._make_dataset(images)
 
-    # Number of test-time views the next forward pass stacks along the batch (predict_proba only).
-    _tta_now = 0
+    # The test-time view the forward passes apply (0: the image itself); set by predict_proba only.
+    _view_now = 0
 
     def _outputs(self, X, key=None):
         images, dataset = self._predict_dataset(X)
         logits, extra = [], []
-        views = 1 + self._tta_now
         for yp in self.forward_iter(dataset, training=False):
             out, aux = yp if isinstance(yp, tuple) else (yp, {})
-            logits.append(out.float().reshape(views, -1, out.shape[-1]))  # (views, batch, classes)
+            logits.append(out.float())
             if key is not None:
                 extra.append(aux[key].float())
-        logits = torch.cat(logits, dim=1)
-        return images, (logits[0] if views == 1 else logits), (torch.cat(extra) if key is not None else None)
+        return images, torch.cat(logits), (torch.cat(extra) if key is not None else None)
 
     def _probabilities(self, logits):
         if self.loss_type == "softmax":
@@ -604,17 +602,17 @@ class MaskAttentionClassifier(TorchEstimatorMixin, NeuralNetClassifier):
         one-vs-all sigmoid scores, normalised to sum to 1 per image (they are trained as
         independent probabilities; the normalisation keeps ``predict_proba``'s contract).
         """
-        views = int(getattr(self, "tta", 0))
-        self._tta_now = views
-        try:
-            _, logits, _ = self._outputs(X)
-        finally:
-            del self._tta_now
-        if views:  # logits (1 + views, n, classes): average the views' probabilities
-            proba = self._probabilities(logits.flatten(0, 1)).reshape(logits.shape).mean(0)
-        else:
-            proba = self._probabilities(logits)
-        return proba.numpy().astype(np.float32)
+        # One pass per test-time view, each with the batches of a plain pass, averaged.
+        proba = 0.0
+        views = 1 + int(getattr(self, "tta", 0))
+        for k in range(views):
+            self._view_now = k
+            try:
+                _, logits, _ = self._outputs(X)
+            finally:
+                del self._view_now
+            proba = proba + self._probabilities(logits).double()
+        return (proba / views).numpy().astype(np.float32)
 
     def predict(self, X):
         """Predicted labels ``(n,)`` (the original labels of ``y``)."""
