@@ -59,6 +59,7 @@ __all__ = [
     "bundled_dicom_dir",
     "read_image",
     "read_images",
+    "read_mask",
 ]
 
 DICOM_EXTENSIONS = (".dcm", ".dicom")
@@ -670,6 +671,74 @@ def _resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
         (size[1], size[0]), Image.Resampling.BILINEAR
     )
     return np.clip(np.asarray(out, dtype=np.float32), 0.0, 1.0)
+
+
+def read_mask(path, *, image_size=None) -> np.ndarray:
+    """Read a lesion mask file into a boolean ``(H, W)`` array, checked like an array mask.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        A PNG (or JPEG, not advised: lossy) whose pixels are only 0 and 1, or 0 and
+        the largest value of its bit depth (255, 65535). Colour masks must be gray.
+    image_size : int or (int, int), default=None
+        Output ``(H, W)``; resized bilinearly and thresholded at one half.
+
+    Returns
+    -------
+    ndarray of bool, shape (H, W)
+
+    Raises
+    ------
+    FileNotFoundError
+        The file does not exist.
+    ValueError
+        Not an image, or pixel values other than {0, 1} / {0, max}; the message
+        names the file and the values found.
+
+    Examples
+    --------
+    >>> from pathlib import Path
+    >>> from dp_sklearn.data.io import bundled_dicom_dir, read_mask
+    >>> m = next((bundled_dicom_dir().parent / "cxr1k" / "masks" / "pneumonia").glob("*.png"))
+    >>> mask = read_mask(m, image_size=64)
+    >>> mask.dtype, mask.shape
+    (dtype('bool'), (64, 64))
+    """
+    path = _as_path(path)
+    size = _check_image_size(image_size)
+    if _file_kind(path) != "pillow":
+        raise ValueError(f"Mask file {path} must be a PNG or JPEG image.")
+    try:
+        with Image.open(path) as img:
+            img.load()
+            if img.mode not in ("1", "L", "P", *_PILLOW_16BIT_MODES):
+                img = img.convert("L")
+            elif img.mode == "P":
+                img = img.convert("L")
+            arr = np.asarray(img)
+    except PermissionError:
+        raise
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise ValueError(f"Could not decode mask file {path}: {exc}") from exc
+    if arr.dtype == bool:
+        mask = arr
+    else:
+        values = np.unique(arr)
+        top = 65535 if arr.dtype.itemsize > 1 else 255
+        if np.isin(values, (0, 1)).all():
+            mask = arr > 0
+        elif np.isin(values, (0, top)).all():
+            mask = arr > 0
+        else:
+            shown = ", ".join(str(v) for v in values[:6]) + (", ..." if len(values) > 6 else "")
+            raise ValueError(
+                f"Mask file {path} must hold only 0 and 1, or 0 and {top}; found {len(values)} values: {shown}. "
+                "Is it an image rather than a mask?"
+            )
+    if size is not None and mask.shape != size:
+        mask = _resize(mask.astype(np.float32), size) >= 0.5
+    return mask
 
 
 # ----------------------------------------------------------------------------
