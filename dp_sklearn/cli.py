@@ -9,6 +9,13 @@ Input layouts (``--data``):
 ``--masks DIR`` adds masks for a folder layout: ``DIR/<label>/<image>.png`` where one exists.
 Images stream from disk batch by batch, so a data set larger than memory works.
 
+Safety: every option and output path is checked before any work starts. CSV paths must stay in the
+CSV's folder unless ``--allow-outside-paths``. Models are joblib pickles, and loading a pickle runs
+the code it contains, so ``predict`` loads one only with ``--trust``. ``--on-error skip`` leaves
+unreadable images out (listed on stderr, and in the predictions CSV with their error). Output CSV
+cells starting with ``=``, ``+``, ``-`` or ``@`` are escaped against spreadsheet formula injection.
+``predict --attention-dir`` writes overlays chunk by chunk (``--chunk-size``), so memory stays flat.
+
 Examples::
 
     dp-sklearn fit --data cxr/ --masks masks/ --model model.joblib --image-size 224
@@ -201,7 +208,7 @@ def save_overlays(paths, heat, out_dir, images=None, *, labels=None, root=None) 
     for i, (path, h) in enumerate(zip(paths, heat)):
         image = read_image(path, on_non_radiograph="ignore") if images is None else images[i]
         title = labels[i] if labels is not None else Path(path).name
-        render_overlay(image, h, title).save(out / overlay_name(path, root))
+        render_overlay(image, h, title).save(out / overlay_name(path, root), compress_level=1)
     return len(paths)
 
 
