@@ -58,11 +58,11 @@ def test_cli_fit_predict_round_trip(tmp_path):
             w.writerow([CXR1K_DIR / r["image"], r["label"], CXR1K_DIR / r["mask"] if r["mask"] else ""])
     model = tmp_path / "model.joblib"
     main(["fit", "--data", str(table), "--model", str(model), "--backbone", "resnet10t", "--image-size", "16",
-          "--epochs", "1", "--pretrain-epochs", "1", "--batch-size", "6"])
+          "--epochs", "1", "--pretrain-epochs", "1", "--batch-size", "6", "--allow-outside-paths"])
     assert model.exists()
     out = tmp_path / "pred.csv"
-    main(["predict", "--data", str(table), "--model", str(model), "--out", str(out),
-          "--attention-dir", str(tmp_path / "heat")])
+    main(["predict", "--data", str(table), "--model", str(model), "--out", str(out), "--trust",
+          "--attention-dir", str(tmp_path / "heat"), "--allow-outside-paths"])
     pred = list(csv.DictReader(open(out)))
     assert len(pred) == 12 and {"path", "prediction", "p_normal", "p_pneumonia"} <= set(pred[0])
     probs = np.array([[float(r["p_normal"]), float(r["p_pneumonia"])] for r in pred])

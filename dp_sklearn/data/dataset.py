@@ -85,9 +85,9 @@ class XRayDataset(Dataset):
             return torch.zeros((1, *shape), dtype=torch.float32)
         mask = self.masks[i]
         if isinstance(mask, str):
-            from .io import read_image
+            from .io import read_mask  # checks the values like an array mask, naming the file
 
-            mask = torch.from_numpy(read_image(mask, image_size=self.image_size) >= 0.5)
+            mask = torch.from_numpy(read_mask(mask, image_size=self.image_size))
         return mask[None].to(torch.float32)
 
     def __getitem__(self, i):

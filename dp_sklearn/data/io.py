@@ -38,12 +38,16 @@ import numpy as np
 import pydicom
 from joblib import Parallel, delayed
 from PIL import Image
-from pydicom.errors import InvalidDicomError
-from pydicom.pixels import apply_modality_lut, apply_voi_lut
+from pydicom.encaps import generate_frames
+from pydicom.multival import MultiValue
+from pydicom.pixels import apply_modality_lut, apply_voi_lut, get_decoder
 from sklearn.base import BaseEstimator, TransformerMixin
 
 __all__ = [
     "DICOM_EXTENSIONS",
+    "DicomDecodeError",
+    "DicomError",
+    "DicomValueError",
     "PILLOW_EXTENSIONS",
     "RADIOGRAPH_MODALITIES",
     "MissingDecoderError",
@@ -55,6 +59,7 @@ __all__ = [
     "bundled_dicom_dir",
     "read_image",
     "read_images",
+    "read_mask",
 ]
 
 DICOM_EXTENSIONS = (".dcm", ".dicom")
@@ -77,6 +82,36 @@ class NonRadiographWarning(UserWarning):
 
 class UnreadableImageWarning(UserWarning):
     """:class:`XRayReader` replaced an unreadable file by an all-zero image."""
+
+
+class DicomError(ValueError):
+    """A DICOM file that cannot give a trustworthy image.
+
+    The message names the file and, where one is to blame, the DICOM tag
+    (keyword), which are also kept as the attributes ``path`` and ``tag``.
+    A ``ValueError``, so ``read_images(on_error="skip")`` skips it.
+    """
+
+    def __init__(self, path, tag, detail):
+        self.path, self.tag, self.detail = str(path), tag, detail
+        where = f" (tag {tag})" if tag else ""
+        super().__init__(f"{path}{where}: {detail}")
+
+    def __reduce__(self):  # joblib workers hand errors back pickled
+        return type(self), (self.path, self.tag, self.detail)
+
+
+class DicomValueError(DicomError):
+    """A DICOM header value that is missing, non-finite or out of range.
+
+    Rescale slope/intercept, window centre/width, a LUT descriptor, the image
+    geometry: anything that would otherwise turn into NaN or a blank image.
+    """
+
+
+class DicomDecodeError(DicomError):
+    """DICOM pixel data that cannot be decoded: corrupt, truncated, or a transfer
+    syntax that pydicom has no decoder for at all (nothing to install)."""
 
 
 class MissingDecoderError(RuntimeError):
@@ -206,6 +241,8 @@ def _read(path, size, on_non_radiograph) -> tuple[np.ndarray, str | None]:
         image, note = _read_dicom(path, on_non_radiograph)
     else:
         image, note = _read_pillow(path), None
+    if not np.isfinite(image).all():  # the checks above should make this unreachable
+        raise DicomError(path, None, "the image has non-finite pixels after decoding.")
     if size is not None and image.shape != size:
         image = _resize(image, size)
     return image, note
@@ -250,15 +287,46 @@ def _has_dicm_preamble(path: Path) -> bool:
 
 
 def _read_dicom(path: Path, on_non_radiograph: str) -> tuple[np.ndarray, str | None]:
+    """The display chain, with every failure a :class:`DicomError` naming the file and tag.
+
+    Anything the checks below did not foresee (pydicom parsing a mangled element
+    lazily, a decoder's own exception type) is still turned into a ``DicomError``
+    naming the step it happened in, so a bad file can never escape
+    ``read_images(on_error="skip")`` as some other exception type.
+    """
+    step = {"tag": None}
+    try:
+        return _display_chain(path, on_non_radiograph, step)
+    except (DicomError, MissingDecoderError, FileNotFoundError, PermissionError, MemoryError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - the file's content, whatever pydicom made of it
+        raise DicomError(path, step["tag"], f"unreadable DICOM ({type(exc).__name__}: {exc})") from exc
+
+
+def _display_chain(path: Path, on_non_radiograph: str, step: dict) -> tuple[np.ndarray, str | None]:
+    step["tag"] = "file header"
     ds = _dcmread(path)
     _check_single_gray_image(ds, path)
+    step["tag"] = "Modality"
     note = _non_radiograph_note(ds, path)
     if note is not None and on_non_radiograph == "raise":
-        raise ValueError(f"{note}; on_non_radiograph='raise' rejects it.")
-    arr = _decode_pixels(ds, path)
-    arr = apply_modality_lut(arr, ds)
-    # float64 before any arithmetic: negating unsigned ints would wrap around.
-    arr = np.asarray(_apply_voi(arr, ds), dtype=np.float64)
+        raise DicomValueError(
+            path, "Modality",
+            f"DICOM Modality {_modality(ds)!r} is not a radiograph modality "
+            f"({', '.join(sorted(RADIOGRAPH_MODALITIES))}); on_non_radiograph='raise' rejects it.",
+        )
+    step["tag"] = "PixelData"
+    _check_pixel_module(ds, path)
+    step["tag"] = "ModalityLUT"
+    _check_modality(ds, path)  # header values first: cheap, and before a costly decode
+    step["tag"] = "VOILUT"
+    _check_voi(ds, path)
+    step["tag"] = "PixelData"
+    raw = _decode_pixels(ds, path)
+    step["tag"] = "ModalityLUT"
+    arr = _apply_modality(raw, ds, path)
+    step["tag"] = "VOILUT"
+    arr = _apply_voi(arr, ds, path)
     if ds.PhotometricInterpretation == "MONOCHROME1":
         # MONOCHROME1 stores air as the highest value: flip so that lungs are dark.
         arr = -arr
@@ -271,34 +339,99 @@ def _dcmread(path: Path):
     has_preamble = _has_dicm_preamble(path)
     try:
         ds = pydicom.dcmread(path, force=not has_preamble)
-    except (InvalidDicomError, EOFError, ValueError, KeyError, TypeError, OverflowError) as exc:
-        raise ValueError(f"{path} is not a readable DICOM file: {exc}") from exc
+    except (FileNotFoundError, PermissionError, MemoryError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - InvalidDicomError, EOFError, zlib.error, struct.error, ...
+        raise DicomError(path, "file header", f"not a readable DICOM file ({type(exc).__name__}: {exc})") from exc
     if not has_preamble and "PixelData" not in ds and "Rows" not in ds:
-        raise ValueError(f"{path} is not a DICOM file: no 'DICM' preamble and no DICOM image elements.")
+        raise DicomError(path, None, "not a DICOM file: no 'DICM' preamble and no DICOM image elements.")
     return ds
+
+
+def _int_value(ds, keyword: str, path: Path, default=None) -> int:
+    """An integer header value, or a DicomValueError naming the tag."""
+    value = ds.get(keyword, None)
+    if value is None or value == "":
+        if default is None:
+            raise DicomValueError(path, keyword, f"{keyword} is missing; it is required to read the pixels.")
+        return default
+    try:
+        out = float(value)
+        if not np.isfinite(out) or out != int(out):
+            raise ValueError
+    except (TypeError, ValueError):
+        raise DicomValueError(path, keyword, f"{keyword} must be an integer, got {value!r}.") from None
+    return int(out)
+
+
+def _float_value(ds, keyword: str, path: Path) -> float | None:
+    """The first value of a DS element as a finite float; None when absent or empty."""
+    # No warnings.catch_warnings here: it is not thread-safe, and read_images may use threads.
+    value = ds.get(keyword, None)
+    if value is None or value == "":
+        return None
+    first = value[0] if isinstance(value, (list, tuple, MultiValue)) else value
+    try:
+        out = float(first)
+    except (TypeError, ValueError):
+        raise DicomValueError(path, keyword, f"{keyword} is not a number: {value!r}.") from None
+    if not np.isfinite(out):
+        raise DicomValueError(path, keyword, f"{keyword} is {out} (not finite); the image would be NaN.")
+    return out
 
 
 def _check_single_gray_image(ds, path: Path) -> None:
     """Reject what is not one grayscale image, before the costly decode."""
     if "PixelData" not in ds:
-        raise ValueError(
-            f"{path} has no pixel data (no PixelData element): it is not an image DICOM "
-            "(e.g. a structured report), or the file is truncated."
+        raise DicomError(
+            path, "PixelData",
+            "no pixel data (no PixelData element): it is not an image DICOM (e.g. a structured report), "
+            "or the file is truncated."
         )
-    frames = int(ds.get("NumberOfFrames") or 1)
+    frames = _int_value(ds, "NumberOfFrames", path, default=1)
     if frames > 1:
-        raise ValueError(f"{path} is a multi-frame DICOM ({frames} frames); only single radiographs are supported.")
-    samples = int(ds.get("SamplesPerPixel") or 1)
-    photometric = str(ds.get("PhotometricInterpretation", "")).strip()
+        raise DicomValueError(
+            path, "NumberOfFrames", f"a multi-frame DICOM ({frames} frames); only single radiographs are supported."
+        )
+    if frames < 1:
+        raise DicomValueError(path, "NumberOfFrames", f"NumberOfFrames is {frames}; it must be at least 1.")
+    samples = _int_value(ds, "SamplesPerPixel", path, default=1)
+    photometric = str(ds.get("PhotometricInterpretation", "") or "").strip()
     if samples != 1 or photometric not in ("MONOCHROME1", "MONOCHROME2"):
-        raise ValueError(
-            f"{path} is not a grayscale DICOM (SamplesPerPixel={samples}, PhotometricInterpretation="
+        raise DicomValueError(
+            path, "PhotometricInterpretation" if samples == 1 else "SamplesPerPixel",
+            f"not a grayscale DICOM (SamplesPerPixel={samples}, PhotometricInterpretation="
             f"{photometric or 'missing'!s}); only MONOCHROME1/MONOCHROME2 radiographs are supported."
         )
 
 
+def _check_pixel_module(ds, path: Path) -> None:
+    """The Image Pixel module's geometry and bit depths, each in its legal range."""
+    for keyword in ("Rows", "Columns"):
+        if _int_value(ds, keyword, path) < 1:
+            raise DicomValueError(path, keyword, f"{keyword} is {ds.get(keyword)}; an image needs at least 1.")
+    allocated = _int_value(ds, "BitsAllocated", path)
+    if allocated not in (1, 8, 16, 32):
+        raise DicomValueError(path, "BitsAllocated", f"BitsAllocated is {allocated}; a grayscale image has 1, 8, 16 or 32.")
+    stored = _int_value(ds, "BitsStored", path, default=allocated)
+    if not 1 <= stored <= allocated:
+        raise DicomValueError(path, "BitsStored", f"BitsStored is {stored}; it must be in 1..BitsAllocated ({allocated}).")
+    high = _int_value(ds, "HighBit", path, default=stored - 1)
+    if not 0 <= high < allocated:
+        raise DicomValueError(path, "HighBit", f"HighBit is {high}; it must be in 0..BitsAllocated-1 ({allocated - 1}).")
+    representation = _int_value(ds, "PixelRepresentation", path, default=0)
+    if representation not in (0, 1):
+        raise DicomValueError(
+            path, "PixelRepresentation", f"PixelRepresentation is {representation}; it must be 0 (unsigned) or 1 (signed)."
+        )
+
+
+def _modality(ds) -> str:
+    return str(ds.get("Modality", "") or "").strip().upper()
+
+
 def _non_radiograph_note(ds, path: Path) -> str | None:
-    modality = str(ds.get("Modality", "") or "").strip().upper()
+    modality = _modality(ds)
     if not modality or modality in RADIOGRAPH_MODALITIES:
         return None
     return (
@@ -307,58 +440,199 @@ def _non_radiograph_note(ds, path: Path) -> str | None:
     )
 
 
+# Codestreams that end with an end-of-image marker (FF D9: JPEG EOI, JPEG 2000 EOC).
+_MARKER_TERMINATED = frozenset(
+    (*pydicom.uid.JPEGTransferSyntaxes, *pydicom.uid.JPEGLSTransferSyntaxes, *pydicom.uid.JPEG2000TransferSyntaxes)
+)
+
+
+def _transfer_syntax(ds):
+    meta = getattr(ds, "file_meta", None)
+    uid = getattr(meta, "TransferSyntaxUID", None) if meta is not None else None
+    # A file without file meta (read with force=True) is implicit VR little endian.
+    return pydicom.uid.UID(str(uid).strip()) if uid else pydicom.uid.ImplicitVRLittleEndian
+
+
 def _decode_pixels(ds, path: Path) -> np.ndarray:
+    syntax = _transfer_syntax(ds)
+    known = syntax in pydicom.uid.AllTransferSyntaxes
+    name = syntax.name if known else "unknown"
+    if not known or syntax.is_compressed:
+        try:
+            decoder = get_decoder(syntax)
+        except NotImplementedError:
+            raise DicomDecodeError(
+                path, "TransferSyntaxUID",
+                f"transfer syntax {str(syntax)!r} ({name}) is unknown or not one that pydicom can decode; "
+                "no package to install would help: convert the file (e.g. to explicit VR little endian)."
+            ) from None
+        if not decoder.is_available:
+            raise _missing_decoder_error(path, name, decoder.missing_dependencies)
+    if syntax in _MARKER_TERMINATED:
+        _check_codestream_complete(ds, path, name)
+    elif not syntax.is_compressed:
+        expected = -(-int(ds.Rows) * int(ds.Columns) * int(ds.BitsAllocated) // 8)
+        if len(ds.PixelData) < expected:
+            raise DicomDecodeError(
+                path, "PixelData",
+                f"the pixel data is truncated: {len(ds.PixelData)} of the {expected} bytes that Rows, Columns "
+                "and BitsAllocated announce.",
+            )
     try:
         arr = ds.pixel_array
-    except (RuntimeError, NotImplementedError) as exc:
+    except (MemoryError, MissingDecoderError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - every decoder raises its own types
         if _is_missing_decoder_error(exc):
-            raise _missing_decoder_error(path, ds, exc) from exc
-        raise ValueError(f"Could not decode the pixel data of {path}: {exc}") from exc
-    except (ValueError, AttributeError, KeyError, TypeError, EOFError, OSError) as exc:
-        raise ValueError(f"Could not decode the pixel data of {path}: {exc}") from exc
-    if arr.ndim != 2:  # guards files whose headers disagree with their pixels
-        raise ValueError(f"{path} decoded to shape {arr.shape}, not one 2-D grayscale image.")
+            raise _missing_decoder_error(path, name, [str(exc)]) from exc
+        raise DicomDecodeError(
+            path, "PixelData", f"could not decode the pixel data ({name}): {type(exc).__name__}: {exc}"
+        ) from exc
+    expected = (int(ds.Rows), int(ds.Columns))
+    if arr.ndim != 2 or arr.shape != expected:  # headers that disagree with the pixels
+        raise DicomDecodeError(
+            path, "PixelData", f"decoded to shape {arr.shape}, not the {expected[0]}x{expected[1]} image of Rows/Columns."
+        )
     return arr
 
 
-def _is_missing_decoder_error(exc: BaseException) -> bool:
-    """True for pydicom's "no usable decoder" errors (vs a corrupt stream).
+def _check_codestream_complete(ds, path: Path, name: str) -> None:
+    """A JPEG-family codestream cut short decodes with its missing rows constant: refuse it."""
+    try:
+        frame = next(generate_frames(ds.PixelData, number_of_frames=1))
+    except (MemoryError, DicomError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - a mangled item structure
+        raise DicomDecodeError(path, "PixelData", f"the encapsulated pixel data is malformed ({name}): {exc}") from exc
+    if not bytes(frame[-16:]).rstrip(b"\x00").endswith(b"\xff\xd9"):
+        raise DicomDecodeError(
+            path, "PixelData",
+            f"the compressed pixel data is truncated ({name} codestream of {len(frame)} bytes without its "
+            "end-of-image marker): part of the image would be missing."
+        )
 
-    pydicom 3 raises RuntimeError "... because all plugins are missing
-    dependencies" (or "the specified plugin is missing dependencies") and
-    NotImplementedError "No pixel data decoders have been implemented for ..."
-    for a transfer syntax it cannot decode at all; pydicom 2 said "no
-    available image handler".
-    """
+
+def _is_missing_decoder_error(exc: BaseException) -> bool:
+    """True for pydicom's "plugins are missing dependencies" errors (vs a corrupt stream)."""
     msg = str(exc).lower()
-    return isinstance(exc, NotImplementedError) or any(
-        s in msg for s in ("missing dependencies", "no available image handler", "no pixel data decoders")
+    return isinstance(exc, RuntimeError) and any(
+        s in msg for s in ("missing dependencies", "no available image handler")
     )
 
 
-def _missing_decoder_error(path, ds, exc: BaseException) -> MissingDecoderError:
-    """Build the error for a compressed DICOM that nothing installed can decode."""
-    file_meta = getattr(ds, "file_meta", None)
-    syntax = getattr(file_meta, "TransferSyntaxUID", None)
-    name = getattr(syntax, "name", None) or str(syntax or "unknown transfer syntax")
+def _missing_decoder_error(path, name, missing) -> MissingDecoderError:
+    """Build the error for a compressed DICOM whose decoder plugins are not installed."""
     return MissingDecoderError(
         f"Cannot decode {path}: its pixel data is compressed ({name}) and no installed "
-        f"decoder supports it; {_DECODER_HINT}. pydicom said: {exc}"
+        f"decoder supports it; {_DECODER_HINT}. pydicom reports the plugins' missing dependencies: "
+        + "; ".join(map(str, missing))
     )
 
 
-def _apply_voi(arr: np.ndarray, ds) -> np.ndarray:
-    """VOI LUT or window when the file has one; otherwise the values as they are."""
+def _check_lut_item(item, path: Path, tag: str) -> None:
+    """A LUT item's descriptor: 3 values, 8 or 16 bits per entry, as many LUTData values as entries."""
+    descriptor = item.get("LUTDescriptor", None)
+    if descriptor is None or "LUTData" not in item:
+        raise DicomValueError(path, tag, "a LUT item without LUTDescriptor or LUTData.")
     try:
-        return apply_voi_lut(arr, ds)
-    except (ValueError, KeyError, IndexError, TypeError, AttributeError):
-        # A malformed window is a display hint only: the pixels are still good,
-        # and the min-max scaling that follows does the job of a full window.
+        n_entries, _, bits = (int(v) for v in descriptor)
+    except (TypeError, ValueError):
+        raise DicomValueError(path, tag, f"LUTDescriptor must hold 3 integers, got {descriptor!r}.") from None
+    if bits not in (8, 16):
+        raise DicomValueError(path, tag, f"LUTDescriptor gives {bits} bits per LUT entry; the standard allows 8 or 16.")
+    n_entries = n_entries or 65536  # 0 means 2**16 entries
+    data = item.LUTData
+    n_data = len(data) if isinstance(data, (list, tuple, MultiValue)) else (
+        len(data) // 2 if isinstance(data, bytes) else 1)
+    if n_data != n_entries:
+        raise DicomValueError(path, tag, f"LUTDescriptor announces {n_entries} entries but LUTData holds {n_data}.")
+
+
+def _check_modality(ds, path: Path):
+    """Validate the modality LUT or rescale values; return ``(tag, slope, intercept)``."""
+    if "ModalityLUTSequence" in ds and len(ds.ModalityLUTSequence):
+        _check_lut_item(ds.ModalityLUTSequence[0], path, "ModalityLUTSequence")
+        return "ModalityLUTSequence", None, None
+    slope = _float_value(ds, "RescaleSlope", path)
+    intercept = _float_value(ds, "RescaleIntercept", path)
+    if slope == 0:
+        raise DicomValueError(path, "RescaleSlope", "RescaleSlope is 0: every pixel would get the same value.")
+    return ("RescaleSlope" if slope not in (None, 1.0) else "RescaleIntercept"), slope, intercept
+
+
+def _apply_modality(arr: np.ndarray, ds, path: Path) -> np.ndarray:
+    """Modality LUT: a LUT sequence or rescale slope/intercept, to float64 that must stay finite."""
+    tag, slope, intercept = _check_modality(ds, path)
+    if tag == "ModalityLUTSequence":
+        try:
+            out = np.asarray(apply_modality_lut(arr, ds), dtype=np.float64)
+        except MemoryError:
+            raise
+        except Exception as exc:  # noqa: BLE001
+            raise DicomValueError(path, tag, f"the modality LUT cannot be applied: {type(exc).__name__}: {exc}") from exc
+    else:
+        # float64 before any arithmetic: negating or scaling unsigned ints would wrap around.
+        out = arr.astype(np.float64)
+        with np.errstate(over="ignore", invalid="ignore"):
+            if slope is not None:
+                out *= slope
+            if intercept is not None:
+                out += intercept
+    if not np.isfinite(out).all():
+        raise DicomValueError(path, tag, "the modality LUT / rescale overflows to non-finite values: out of range.")
+    return out
+
+
+def _check_voi(ds, path: Path) -> str | None:
+    """Validate the VOI LUT or window; return the tag to blame, or None when there is none."""
+    if "VOILUTSequence" in ds and len(ds.VOILUTSequence):
+        _check_lut_item(ds.VOILUTSequence[0], path, "VOILUTSequence")
+        return "VOILUTSequence"
+    center = _float_value(ds, "WindowCenter", path)
+    width = _float_value(ds, "WindowWidth", path)
+    if center is None or width is None:
+        return None  # no window: min-max scaling does the job of a full window
+    function = str(ds.get("VOILUTFunction", "") or "LINEAR").strip().upper() or "LINEAR"
+    if function not in ("LINEAR", "LINEAR_EXACT", "SIGMOID"):
+        raise DicomValueError(
+            path, "VOILUTFunction", f"VOILUTFunction is {function!r}; expected LINEAR, LINEAR_EXACT or SIGMOID."
+        )
+    if width < (1 if function == "LINEAR" else np.finfo(np.float64).tiny):
+        raise DicomValueError(
+            path, "WindowWidth", f"WindowWidth is {width}; the standard requires at least 1 for a LINEAR window "
+            "and more than 0 otherwise."
+        )
+    return "WindowWidth"
+
+
+def _apply_voi(arr: np.ndarray, ds, path: Path) -> np.ndarray:
+    """VOI LUT or window when the file has one; the values must stay finite and not turn blank."""
+    tag = _check_voi(ds, path)
+    if tag is None:
         return arr
+    try:
+        with np.errstate(over="ignore", invalid="ignore"):
+            out = np.asarray(apply_voi_lut(arr, ds), dtype=np.float64)
+    except MemoryError:
+        raise
+    except Exception as exc:  # noqa: BLE001
+        raise DicomValueError(path, tag, f"the VOI LUT / window cannot be applied: {type(exc).__name__}: {exc}") from exc
+    if not np.isfinite(out).all():
+        raise DicomValueError(path, tag, "the VOI LUT / window gives non-finite values: out of range.")
+    if out.size and out.min() == out.max() and arr.min() != arr.max():
+        which = "the VOI LUT" if tag == "VOILUTSequence" else (
+            f"the window (WindowCenter {_float_value(ds, 'WindowCenter', path)}, WindowWidth "
+            f"{_float_value(ds, 'WindowWidth', path)})")
+        raise DicomValueError(
+            path, tag if tag == "VOILUTSequence" else "WindowCenter",
+            f"{which} maps every pixel (values {arr.min():g}..{arr.max():g}) to one value: out of the "
+            "image's range, the image would be blank.",
+        )
+    return out
 
 
 def _minmax(arr: np.ndarray) -> np.ndarray:
-    """Scale a float64 array to float32 [0, 1]."""
+    """Scale a finite float64 array to float32 [0, 1]."""
     lo, hi = float(arr.min()), float(arr.max())
     if hi <= lo:  # constant image: no contrast to scale
         return np.zeros(arr.shape, dtype=np.float32)
@@ -397,6 +671,74 @@ def _resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
         (size[1], size[0]), Image.Resampling.BILINEAR
     )
     return np.clip(np.asarray(out, dtype=np.float32), 0.0, 1.0)
+
+
+def read_mask(path, *, image_size=None) -> np.ndarray:
+    """Read a lesion mask file into a boolean ``(H, W)`` array, checked like an array mask.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        A PNG (or JPEG, not advised: lossy) whose pixels are only 0 and 1, or 0 and
+        the largest value of its bit depth (255, 65535). Colour masks must be gray.
+    image_size : int or (int, int), default=None
+        Output ``(H, W)``; resized bilinearly and thresholded at one half.
+
+    Returns
+    -------
+    ndarray of bool, shape (H, W)
+
+    Raises
+    ------
+    FileNotFoundError
+        The file does not exist.
+    ValueError
+        Not an image, or pixel values other than {0, 1} / {0, max}; the message
+        names the file and the values found.
+
+    Examples
+    --------
+    >>> from pathlib import Path
+    >>> from dp_sklearn.data.io import bundled_dicom_dir, read_mask
+    >>> m = next((bundled_dicom_dir().parent / "cxr1k" / "masks" / "pneumonia").glob("*.png"))
+    >>> mask = read_mask(m, image_size=64)
+    >>> mask.dtype, mask.shape
+    (dtype('bool'), (64, 64))
+    """
+    path = _as_path(path)
+    size = _check_image_size(image_size)
+    if _file_kind(path) != "pillow":
+        raise ValueError(f"Mask file {path} must be a PNG or JPEG image.")
+    try:
+        with Image.open(path) as img:
+            img.load()
+            if img.mode not in ("1", "L", "P", *_PILLOW_16BIT_MODES):
+                img = img.convert("L")
+            elif img.mode == "P":
+                img = img.convert("L")
+            arr = np.asarray(img)
+    except PermissionError:
+        raise
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise ValueError(f"Could not decode mask file {path}: {exc}") from exc
+    if arr.dtype == bool:
+        mask = arr
+    else:
+        values = np.unique(arr)
+        top = 65535 if arr.dtype.itemsize > 1 else 255
+        if np.isin(values, (0, 1)).all():
+            mask = arr > 0
+        elif np.isin(values, (0, top)).all():
+            mask = arr > 0
+        else:
+            shown = ", ".join(str(v) for v in values[:6]) + (", ..." if len(values) > 6 else "")
+            raise ValueError(
+                f"Mask file {path} must hold only 0 and 1, or 0 and {top}; found {len(values)} values: {shown}. "
+                "Is it an image rather than a mask?"
+            )
+    if size is not None and mask.shape != size:
+        mask = _resize(mask.astype(np.float32), size) >= 0.5
+    return mask
 
 
 # ----------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """Input validation, device/precision selection and seeding."""
 
 from .device import autocast, resolve_device, resolve_precision, seed_everything
-from .validation import check_images, check_masks
+from .validation import PixelRangeWarning, check_images, check_masks
 
-__all__ = ["autocast", "check_images", "check_masks", "resolve_device", "resolve_precision", "seed_everything"]
+__all__ = ["PixelRangeWarning", "autocast", "check_images", "check_masks", "resolve_device", "resolve_precision", "seed_everything"]

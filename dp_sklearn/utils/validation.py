@@ -7,9 +7,14 @@ from deep inside torch.
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
+
+
+class PixelRangeWarning(UserWarning):
+    """Float images with values outside [0, 1], the range the estimators expect."""
 
 
 def is_path_sequence(X) -> bool:
@@ -89,7 +94,22 @@ def check_images(X, *, name: str = "X", allow_paths: bool = True, min_samples: i
         if not np.isfinite(arr).all():
             bad = int((~np.isfinite(arr)).reshape(len(arr), -1).any(axis=1).sum())
             raise ValueError(f"{name} contains NaN or infinite pixels in {bad} image(s).")
+        _warn_out_of_unit_range(arr, name)
     return arr
+
+
+def _warn_out_of_unit_range(arr: np.ndarray, name: str) -> None:
+    lo, hi = (float(arr.min()), float(arr.max())) if arr.size else (0.0, 0.0)
+    if lo < 0.0 or hi > 1.0:
+        hint = (" They look like 8-bit values: divide by 255 (or pass the uint8 array, which is scaled)."
+                if lo >= 0.0 and hi <= 255.0 else
+                " They look like 16-bit values: divide by 65535." if lo >= 0.0 and hi <= 65535.0 else "")
+        warnings.warn(
+            f"{name} holds float pixels in [{lo:g}, {hi:g}], outside [0, 1] where the estimators expect them; "
+            f"float images are used as given, so the predictions may saturate.{hint}",
+            PixelRangeWarning,
+            stacklevel=3,
+        )
 
 
 def check_masks(masks, n_samples: int, image_shape=None, *, name: str = "masks", empty_means: str = "unannotated"):
@@ -98,7 +118,8 @@ def check_masks(masks, n_samples: int, image_shape=None, *, name: str = "masks",
     Parameters
     ----------
     masks : None, array-like (n, H, W) / (n, 1, H, W) / (n, H, W, 1), or list with ``None`` entries
-        Values in {0, 1}, {0, 255} or bool. ``None`` (or a ``None`` entry) means
+        Values in {0, 1}, {0, 255} or bool. List entries may be mask file paths, read with
+        :func:`dp_sklearn.data.io.read_mask` and checked the same way (resized to ``image_shape``). ``None`` (or a ``None`` entry) means
         *not annotated*, which differs from *no lesion*.
     n_samples : int
         Number of images the masks belong to.
@@ -124,6 +145,8 @@ def check_masks(masks, n_samples: int, image_shape=None, *, name: str = "masks",
         raise ValueError(f"empty_means must be 'unannotated' or 'no_lesion', got {empty_means!r}.")
     if masks is None:
         return None, np.zeros(n_samples, dtype=bool)
+    if isinstance(masks, (list, tuple)) and any(isinstance(m, (str, os.PathLike)) for m in masks):
+        masks = _read_mask_paths(masks, n_samples, image_shape, name)
     if isinstance(masks, (list, tuple)) and any(m is None for m in masks):
         if len(masks) != n_samples:
             raise ValueError(f"{name} has {len(masks)} entries but there are {n_samples} images.")
@@ -167,6 +190,21 @@ def _masks_to_bool(arr: np.ndarray, name: str) -> np.ndarray:
         return arr > 0
     shown = ", ".join(str(v) for v in values[:6])
     raise ValueError(f"{name} must hold only {{0, 1}}, {{0, 255}} or booleans; found values {shown}.")
+
+
+def _read_mask_paths(masks, n_samples: int, image_shape, name: str) -> list:
+    """Read mask files (``None`` entries kept) and validate each like an array mask."""
+    from ..data.io import read_mask  # lazily: Pillow/pydicom only for path input
+
+    if len(masks) != n_samples:
+        raise ValueError(f"{name} has {len(masks)} entries but there are {n_samples} images.")
+    out = []
+    for i, m in enumerate(masks):
+        if m is None or not isinstance(m, (str, os.PathLike)):
+            out.append(m)
+            continue
+        out.append(read_mask(m, image_size=image_shape))
+    return out
 
 
 def check_sample_aligned(name: str, values, n_samples: int):
