@@ -136,7 +136,8 @@ def test_a_planted_checkpoint_cannot_run_code(tmp_path):
     # Plant the payload under the old file names and the new one.
     subprocess.run([sys.executable, "-c", PAYLOAD, str(ckpt), str(marker), "params.pt", "optimizer.pt",
                     "criterion.pt", CHECKPOINT_FILE], check=True)
-    (ckpt / "history.json").write_text("[]")
+    # (a history that says a checkpoint was taken, so that skorch's LoadInitState would load it)
+    (ckpt / "history.json").write_text('[{"epoch": 1, "batches": [{"train_loss": 1.0, "train_batch_size": 8}], "train_loss": 1.0, "event_cp": true}]')
     X = np.random.RandomState(0).rand(8, 32, 32).astype(np.float32)
     est = ContrastivePretrainer(backbone="resnet10t", image_size=32, projection_dim=8, hidden_dim=16, batch_size=4,
                                 max_epochs=1, verbose=0, device="cpu", random_state=0, checkpoint_dir=str(ckpt))
