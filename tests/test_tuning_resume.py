@@ -30,6 +30,20 @@ def tabular():
     return make_classification(n_samples=60, n_features=6, class_sep=1.5, random_state=0)
 
 
+class FolderLogisticRegression(LogisticRegression):
+    """A LogisticRegression with a ``checkpoint_dir``: each fit leaves a file in its folder."""
+
+    def __init__(self, C=1.0, checkpoint_dir=None):
+        super().__init__(C=C)
+        self.checkpoint_dir = checkpoint_dir
+
+    def fit(self, X, y):
+        if self.checkpoint_dir is not None:
+            os.makedirs(self.checkpoint_dir, exist_ok=True)
+            open(os.path.join(self.checkpoint_dir, "fitted"), "a").close()
+        return super().fit(X, y)
+
+
 def _run(X, y, path, **kw):
     kw = {"search_space": SPACE, "cv": 2, "storage": path, "study_name": "s", "verbose": 0, "refit": False, **kw}
     return tune(LogisticRegression(), X, y, **kw)
@@ -84,7 +98,8 @@ KILLED_WORKER = textwrap.dedent("""
     import os, signal, sys, time
     from optuna.distributions import FloatDistribution
     from sklearn.datasets import make_classification
-    from sklearn.linear_model import LogisticRegression
+    sys.path.insert(0, sys.argv[3])
+    from test_tuning_resume import FolderLogisticRegression
     from dp_sklearn.tuning import tune
 
     X, y = make_classification(n_samples=60, n_features=6, class_sep=1.5, random_state=0)
@@ -96,8 +111,8 @@ KILLED_WORKER = textwrap.dedent("""
             os.kill(os.getpid(), signal.SIGKILL)
         return params
 
-    tune(LogisticRegression(), X, y, search_space=space, n_trials=5, cv=2, storage=sys.argv[1],
-         study_name="s", heartbeat_interval=1, grace_period=1, verbose=0, refit=False)
+    tune(FolderLogisticRegression(checkpoint_dir=sys.argv[2]), X, y, search_space=space, n_trials=5, cv=2,
+         storage=sys.argv[1], study_name="s", heartbeat_interval=1, grace_period=1, verbose=0, refit=False)
 """)
 
 
@@ -105,17 +120,22 @@ def test_after_a_killed_worker_is_requeued_no_trial_repeats_another(tabular, tmp
     # Issue 17: after a killed worker's trial was re-queued, trials 2, 3 and 5 duplicated 0 and 1.
     X, y = tabular
     path = tmp_path / "s.sqlite3"
-    proc = subprocess.run([sys.executable, "-c", KILLED_WORKER, str(path)], cwd=REPO, capture_output=True,
-                          text=True, timeout=300)
+    ckpt = tmp_path / "ckpt"
+    proc = subprocess.run([sys.executable, "-c", KILLED_WORKER, str(path), str(ckpt), os.path.join(REPO, "tests")],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == -signal.SIGKILL, proc.stderr
     time.sleep(2.5)  # let the dead trial's heartbeat age past grace_period
-    res = _run(X, y, path, n_trials_total=5, heartbeat_interval=1, grace_period=1)
+    res = tune(FolderLogisticRegression(checkpoint_dir=str(ckpt)), X, y, search_space=SPACE, cv=2, storage=path,
+               study_name="s", verbose=0, refit=False, n_trials_total=5, heartbeat_interval=1, grace_period=1)
     trials = sorted(res.study.trials, key=lambda t: t.number)
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 2 + [TrialState.FAIL] + [TrialState.COMPLETE] * 3
     assert trials[3].system_attrs["failed_trial"] == 2 and trials[3].params == trials[2].params  # the retry
     others = [t.params["C"] for t in trials if t.number != 3]
     assert len(set(others)) == len(others) == 5, others
     assert res.n_trials_run == 3
+    # The retry (trial 3) fits in the folders of the trial it retries; every trial has its own.
+    assert sorted(p.name for p in (ckpt / "s").iterdir()) == ["trial-0", "trial-1", "trial-2", "trial-4", "trial-5"]
+    assert all((ckpt / "s" / "trial-2" / f"fold-{k}" / "fitted").exists() for k in (0, 1))
 
 
 # ----------------------------------------------------------------------------- checkpoints
