@@ -203,7 +203,9 @@ def fit_fingerprint(net, X=None, y=None) -> dict:
     net : skorch.NeuralNet
         An initialized net; its ``get_params(deep=False)`` (without run-control parameters
         such as ``verbose``, ``device``, ``max_epochs`` or ``checkpoint_dir``) and the settings
-        of its learning-rate scheduler callbacks are fingerprinted.
+        of its learning-rate scheduler callbacks are fingerprinted. Module instances among the
+        parameters (a warm-start ``encoder``, a ``module`` instance) count with their weights,
+        fitted estimators with their fitted modules (``module_``).
     X, y : training data as passed to ``on_train_begin`` (arrays, tensors, a dataset whose
         public attributes hold them, or lists of file paths, identified by name, size and
         modification time)
@@ -329,13 +331,14 @@ class AtomicCheckpoint(Callback):
     >>> from skorch import NeuralNetRegressor
     >>> d = tempfile.mkdtemp()
     >>> def make():
-    ...     return NeuralNetRegressor(torch.nn.Linear(3, 1), max_epochs=2, train_split=None, verbose=0,
+    ...     return NeuralNetRegressor(torch.nn.Linear, module__in_features=3, module__out_features=1,
+    ...                               max_epochs=2, train_split=None, verbose=0,
     ...                               callbacks=[("checkpoint", AtomicCheckpoint(d))])
     >>> X, y = np.ones((8, 3), np.float32), np.ones((8, 1), np.float32)
     >>> _ = make().fit(X, y)
     >>> sorted(os.listdir(d))
     ['checkpoint.pt']
-    >>> make().fit(X, y).callbacks_[-1][1].loaded_epochs_
+    >>> dict(make().fit(X, y).callbacks_)["checkpoint"].loaded_epochs_
     2
     """
 
