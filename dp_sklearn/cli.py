@@ -218,7 +218,7 @@ def _estimator(args):
     common = dict(backbone=args.backbone, image_size=args.image_size, max_epochs=args.epochs, batch_size=args.batch_size,
                   device=args.device, random_state=args.seed, num_workers=args.workers, verbose=1)
     if args.estimator == "mask-attention":
-        return MaskAttentionClassifier(**common)
+        return MaskAttentionClassifier(checkpoint_dir=args.checkpoint_dir, **common)
     return DeepPneumoniaClassifier(pretrain_epochs=args.pretrain_epochs, checkpoint_dir=args.checkpoint_dir, **common)
 
 

@@ -38,12 +38,13 @@ re-queued once with the same parameters (:class:`optuna.storages.RetryHeartbeatS
 A ``KeyboardInterrupt`` fails the current trial at once and stops :func:`tune`.
 
 To run one study on many machines, start a PostgreSQL database that every machine reaches and
-run the same command on each machine, with the same URL and study name and a different seed
-(the seed drives TPE's random start-up trials, which would repeat otherwise)::
+run the same command on each machine, with the same URL and study name (the default sampler,
+:class:`TrialSeededTPESampler`, seeds each trial from the seed and the trial's number, so workers
+with the same seed, and a restarted study, never replay each other's parameters)::
 
     # on each machine (or several times on one machine):
     python examples/optuna_study.py --storage postgresql://user:pw@db-host/optuna \\
-        --study-name cxr-mask-attention --total-trials 100 --seed $RANDOM
+        --study-name cxr-mask-attention --total-trials 100
 
 SQLite is fine for several processes on *one* machine (the engine waits up to 60 s for the
 database lock); do not share an SQLite file over a network file system.
@@ -57,6 +58,8 @@ import json
 import math
 import numbers
 import os
+import re
+import threading
 import time
 import warnings
 from collections.abc import Callable, Mapping
@@ -79,6 +82,7 @@ __all__ = [
     "SEARCH_SPACES",
     "OptunaSearchCV",
     "SkorchHeldOutPruning",
+    "TrialSeededTPESampler",
     "default_search_space",
     "make_storage",
     "register_search_space",
@@ -525,6 +529,131 @@ class SkorchHeldOutPruning(_SkorchCallback):
             raise optuna.TrialPruned(f"pruned at step {step} (epoch {epoch}), held-out score {score:.4f}")
 
 
+# ----------------------------------------------------------------------------- sampler
+
+
+class TrialSeededTPESampler(optuna.samplers.BaseSampler):
+    """Optuna's ``TPESampler`` whose random stream is a function of ``(seed, trial number)``.
+
+    A ``TPESampler(seed=s)`` draws from one random stream that starts again at ``s`` in every
+    process: a restarted study (or a second worker with the same seed) suggests the first
+    run's parameters again, trial for trial. Here each trial is sampled by a fresh
+    ``TPESampler`` seeded from ``seed`` and the trial's number, which is unique in a study;
+    so a resumed study, extra workers and re-queued trials all continue the search with new
+    parameters, and a study is still repeatable for a given seed and order of trials. The
+    TPE model itself is rebuilt from the study's trials for each trial, as ``TPESampler``
+    always does.
+
+    Parameters
+    ----------
+    seed : int or None, default=None
+        ``None``: unseeded (every trial draws fresh entropy).
+    **tpe_kwargs
+        Passed to ``optuna.samplers.TPESampler`` (e.g. ``n_startup_trials``, ``multivariate``).
+
+    Examples
+    --------
+    >>> import optuna
+    >>> def f(trial):
+    ...     return trial.suggest_float("x", 0, 1)
+    >>> a = optuna.create_study(sampler=TrialSeededTPESampler(seed=0))
+    >>> a.optimize(f, n_trials=2)
+    >>> b = optuna.create_study(sampler=TrialSeededTPESampler(seed=0))  # same seed, same numbers:
+    >>> b.optimize(f, n_trials=2)                                        # the same suggestions
+    >>> [t.params for t in a.trials] == [t.params for t in b.trials]
+    True
+    >>> a.sampler = TrialSeededTPESampler(seed=0)  # restarted: trials 2 and 3 are new points
+    >>> a.optimize(f, n_trials=2)
+    >>> len({t.params["x"] for t in a.trials})
+    4
+    """
+
+    def __init__(self, seed=None, **tpe_kwargs):
+        self.seed = seed
+        self.tpe_kwargs = tpe_kwargs
+        self._samplers = {}
+        self._lock = threading.Lock()
+
+    def _trial_seed(self, number):
+        if self.seed is None:
+            return None
+        digest = hashlib.sha256(f"{int(self.seed)}:{int(number)}".encode()).hexdigest()
+        return int(digest[:8], 16)
+
+    def _for(self, trial):
+        with self._lock:
+            sampler = self._samplers.get(trial.number)
+            if sampler is None:
+                sampler = optuna.samplers.TPESampler(seed=self._trial_seed(trial.number), **self.tpe_kwargs)
+                self._samplers[trial.number] = sampler
+            return sampler
+
+    def before_trial(self, study, trial):
+        self._for(trial).before_trial(study, trial)
+
+    def infer_relative_search_space(self, study, trial):
+        return self._for(trial).infer_relative_search_space(study, trial)
+
+    def sample_relative(self, study, trial, search_space):
+        return self._for(trial).sample_relative(study, trial, search_space)
+
+    def sample_independent(self, study, trial, param_name, param_distribution):
+        return self._for(trial).sample_independent(study, trial, param_name, param_distribution)
+
+    def after_trial(self, study, trial, state, values):
+        self._for(trial).after_trial(study, trial, state, values)
+        with self._lock:
+            self._samplers.pop(trial.number, None)
+
+    def reseed_rng(self):
+        # Parallel threads (n_jobs > 1) share this object; trial numbers already differ.
+        pass
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_samplers"], state["_lock"] = {}, None
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+
+def _checkpoint_params(estimator):
+    """``{name: folder}`` of the (nested) ``checkpoint_dir`` parameters that are set."""
+    if not hasattr(estimator, "get_params"):
+        return {}
+    return {
+        k: v for k, v in estimator.get_params(deep=True).items()
+        if (k == "checkpoint_dir" or k.endswith("__checkpoint_dir")) and v is not None
+    }
+
+
+def _slug(name):
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", str(name)).strip("._") or "study"
+
+
+def _checkpoint_trial_number(trial):
+    """The trial whose folders a trial uses: the original one when Optuna re-queued a killed trial."""
+    for frozen in trial.study.get_trials(deepcopy=False):
+        if frozen.number == trial.number:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                original = optuna.storages.RetryFailedTrialCallback.retried_trial_number(frozen)
+            return trial.number if original is None else int(original)
+    return trial.number
+
+
+def _with_checkpoint_subdir(estimator, ckpt_params, *parts):
+    """Point every ``checkpoint_dir`` of ``estimator`` at ``<its folder>/<parts...>`` (one per fit)."""
+    if ckpt_params:
+        estimator.set_params(**{k: os.path.join(os.fspath(v), *parts) for k, v in ckpt_params.items()})
+    return estimator
+
+
 # ----------------------------------------------------------------------------- tune
 
 
@@ -649,9 +778,12 @@ def tune(
         epochs of a skorch net (epoch-level pruning) or 1 (fold-level pruning).
         ``optuna.pruners.NopPruner()`` switches pruning off.
     sampler : optuna.samplers.BaseSampler, default=None
-        ``None``: ``TPESampler(seed=random_state)``.
+        ``None``: :class:`TrialSeededTPESampler` ``(seed=random_state)``, a TPE sampler seeded
+        per trial number, so that resuming the study or adding workers with the same seed
+        continues the search instead of replaying the first run's parameters. (A sampler
+        given here with a fixed seed replays its stream in every new process.)
     random_state : int, default=0
-        Seeds the folds and the default sampler. Give each worker of a shared study its own.
+        Seeds the folds and the default sampler.
     n_jobs : int, default=1
         Parallel trials (threads) in this process.
     catch : tuple of exception types, default=()
@@ -668,8 +800,15 @@ def tune(
     -------
     result : sklearn.utils.Bunch
         ``study``, ``study_name``, ``best_params_``, ``best_score_``, ``best_trial_``,
-        ``n_trials_run`` (trials finished in this call) and ``best_estimator_`` (when
-        ``refit``).
+        ``n_trials_run`` (COMPLETE or PRUNED trials run by this call, not counting other
+        workers') and ``best_estimator_`` (when ``refit``).
+
+    Notes
+    -----
+    Checkpoints: when the estimator (or a nested one) has ``checkpoint_dir=D``, every fit
+    gets its own folder, ``D/<study name>/trial-<n>/fold-<k>`` and ``D/<study name>/refit``,
+    so no fold or trial ever loads another's model; a trial that Optuna re-queues after its
+    worker was killed resumes the folders of the trial it retries.
 
     Examples
     --------
@@ -705,9 +844,9 @@ def tune(
     result.best_params_ = run.best_params
     result.best_score_ = run.best_trial.value
     if refit:
-        result.best_estimator_ = (
-            clone(estimator).set_params(**run.best_params).fit(X, run.y, **run.fit_params)
-        )
+        best = _with_checkpoint_subdir(clone(estimator).set_params(**run.best_params), run.checkpoint_params,
+                                       _slug(run.study.study_name), "refit")
+        result.best_estimator_ = best.fit(X, run.y, **run.fit_params)
     return result
 
 
@@ -756,18 +895,23 @@ def _run_study(
         else:
             pruner = optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=1)
     if sampler is None:
-        sampler = optuna.samplers.TPESampler(seed=random_state)
+        sampler = TrialSeededTPESampler(seed=random_state)
     if study_name is None and not isinstance(storage, optuna.storages.InMemoryStorage):
         study_name = _default_study_name(estimator, X, y_arr, scoring, probe, cv)
+    ckpt_params = _checkpoint_params(estimator)
 
     def objective(trial):
         params = space(trial)
         if _jsonable(params):
             trial.set_user_attr("estimator_params", params)
         base = clone(estimator).set_params(**params)
+        ckpt_trial = _checkpoint_trial_number(trial) if ckpt_params else None
         fold_scores, epoch_scores = [], []
         for fold, (train, test) in enumerate(splits):
-            est = clone(base)
+            # One checkpoint folder per fit: <checkpoint_dir>/<study>/trial-<n>/fold-<k> (a
+            # re-queued trial reuses the folders of the trial it retries, and resumes them).
+            est = _with_checkpoint_subdir(clone(base), ckpt_params, _slug(trial.study.study_name),
+                                          f"trial-{ckpt_trial}", f"fold-{fold}")
             X_tr, X_te = _safe_indexing(X, train), _safe_indexing(X, test)
             y_tr, y_te = y_arr[train], y_arr[test]
             kw = {k: (_safe_indexing(v, train) if k in sliced else v) for k, v in fit_params.items()}
@@ -802,7 +946,9 @@ def _run_study(
             pruner=pruner, load_if_exists=True,
         )
         finished_before = _n_finished(study)
-        callbacks = []
+        own = []  # trials finished by this call (not by other workers of the study)
+        callbacks = [lambda st, tr: own.append(tr.number) if tr.state in (TrialState.COMPLETE, TrialState.PRUNED)
+                     else None]
         if verbose >= 1:
             where = getattr(storage, "url", type(storage).__name__)
             print(f"[tune] study {study.study_name!r}: {finished_before} finished trial(s) in {where}", flush=True)
@@ -824,8 +970,9 @@ def _run_study(
     if verbose >= 1 and best is not None:
         print(f"[tune] best trial {best.number}: score={best.value:.4f} params={best_params} "
               f"({time.perf_counter() - start:.1f} s)", flush=True)
-    return Bunch(study=study, n_trials_run=_n_finished(study) - finished_before, best_trial=best,
-                 best_params=best_params, y=y_arr, fit_params=fit_params, scorer=scorer)
+    return Bunch(study=study, n_trials_run=len(own), best_trial=best,
+                 best_params=best_params, y=y_arr, fit_params=fit_params, scorer=scorer,
+                 checkpoint_params=ckpt_params)
 
 
 # ----------------------------------------------------------------------------- OptunaSearchCV
@@ -965,7 +1112,9 @@ class OptunaSearchCV(MetaEstimatorMixin, ClassifierMixin, BaseEstimator):
         self.best_params_ = run.best_params
         self.best_score_ = run.best_trial.value
         if self.refit:
-            self.best_estimator_ = clone(self.estimator).set_params(**self.best_params_)
+            self.best_estimator_ = _with_checkpoint_subdir(
+                clone(self.estimator).set_params(**self.best_params_), run.checkpoint_params,
+                _slug(run.study.study_name), "refit")
             self.best_estimator_.fit(X, run.y, **run.fit_params)
             if hasattr(self.best_estimator_, "classes_"):
                 self.classes_ = self.best_estimator_.classes_

@@ -7,9 +7,11 @@ again resumes it, and several workers can share it::
     python examples/optuna_study.py --trials 4 --image-size 32 --epochs 2 --storage sqlite:///study.sqlite3
     # the same again: 4 more trials in the same study
     python examples/optuna_study.py --trials 4 --image-size 32 --epochs 2 --storage sqlite:///study.sqlite3
-    # many machines, one PostgreSQL database: run on each machine, with its own seed
+    # many machines, one PostgreSQL database: run the same command on each machine (the same
+    # --seed everywhere: it fixes the folds; the sampler seeds each trial by its number, so
+    # workers and resumed runs never replay each other's parameters)
     python examples/optuna_study.py --storage postgresql://user:pw@db-host/optuna \\
-        --study-name cxr-mask-attention --total-trials 100 --seed 1   # 2, 3, ... elsewhere
+        --study-name cxr-mask-attention --total-trials 100
 
 Each trial cross-validates on patient-disjoint folds (StratifiedGroupKFold); every epoch the
 held-out fold's ROC AUC is reported to Optuna and bad trials are pruned. The best parameters

@@ -204,7 +204,7 @@ def test_early_stopping_on_plateau(X8):
 
 def test_default_callbacks_are_new_objects():
     a, b = default_callbacks(patience=3, checkpoint_dir="x"), default_callbacks(patience=3, checkpoint_dir="x")
-    assert [n for n, _ in a] == ["throughput", "early_stopping", "checkpoint", "resume"]
+    assert [n for n, _ in a] == ["throughput", "early_stopping", "checkpoint"]
     assert all(ca is not cb for (_, ca), (_, cb) in zip(a, b))
     assert isinstance(a[0][1], Throughput)
 
@@ -219,17 +219,23 @@ def test_throughput_process_clock(X8):
 def test_checkpoint_and_resume(X8, tmp_path):
     ckpt = tmp_path / "ckpt"
     first = tiny(max_epochs=2, checkpoint_dir=str(ckpt)).fit(X8)
-    assert (ckpt / "params.pt").exists() and (ckpt / "history.json").exists()
-    second = tiny(max_epochs=3, checkpoint_dir=str(ckpt), random_state=5).fit(X8)
+    assert sorted(p.name for p in ckpt.iterdir()) == ["checkpoint.pt"]  # one atomic file
+    # A larger budget continues the fit (max_epochs is not part of its fingerprint).
+    second = tiny(max_epochs=3, checkpoint_dir=str(ckpt)).fit(X8)
     assert second.history[:, "epoch"] == [1, 2, 3]  # continued, did not restart
     assert second.history[:2, "train_loss"] == first.history[:, "train_loss"]
+    # ... and reproduces the uninterrupted 3-epoch fit (the RNG state is restored too).
+    straight = tiny(max_epochs=3).fit(X8)
+    np.testing.assert_allclose(second.history[:, "train_loss"], straight.history[:, "train_loss"], rtol=1e-6)
     # a third run with the same budget has nothing left to do: the model is the saved one
     third = tiny(max_epochs=3, checkpoint_dir=str(ckpt)).fit(X8)
     assert len(third.history) == 3
     np.testing.assert_allclose(third.transform(X8), second.transform(X8), atol=1e-6)
-    # a checkpoint of another architecture is refused clearly
-    with pytest.raises(ValueError, match="could not resume"):
+    # a checkpoint of another fit (other architecture, other seed) is refused clearly
+    with pytest.raises(ValueError, match="another fit .*parameters differ: projection_dim"):
         tiny(projection_dim=8, checkpoint_dir=str(ckpt), max_epochs=4).fit(X8)
+    with pytest.raises(ValueError, match="parameters differ: random_state"):
+        tiny(random_state=5, checkpoint_dir=str(ckpt), max_epochs=4).fit(X8)
 
 
 # ----------------------------------------------------------------------------- bad input
