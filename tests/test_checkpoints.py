@@ -70,8 +70,10 @@ def test_resumed_fit_runs_every_epoch_at_the_uninterrupted_lr_and_gives_the_same
     resumed = classifier(checkpoint_dir=tmp_path).fit(X, y, masks=masks)
     assert checkpoint_of(resumed).loaded_epochs_ == 2
     assert resumed.history[:, "epoch"] == [1, 2, 3, 4]
-    np.testing.assert_allclose(resumed.history[:, "event_lr"], straight.history[:, "event_lr"], rtol=1e-12)
-    np.testing.assert_allclose(resumed.history[:, "event_lr"], 1e-3 * (1 + np.cos(np.pi * np.arange(4) / 4)) / 2,
+    np.testing.assert_allclose(resumed.history[:, "lr"], straight.history[:, "lr"], rtol=1e-12)
+    # warm-up + cosine per step: 12 steps (3 a epoch), 1 of warm-up; "lr" is each epoch's last step
+    last_steps = np.array([2, 5, 8, 11])
+    np.testing.assert_allclose(resumed.history[:, "lr"], 1e-3 * (1 + np.cos(np.pi * (last_steps - 1) / 11)) / 2,
                                rtol=1e-9)
     # Same batches and augmentations too (the RNG state is part of the checkpoint): same model.
     np.testing.assert_allclose(resumed.history[:, "train_loss"], straight.history[:, "train_loss"], rtol=1e-5)
@@ -90,7 +92,7 @@ def test_a_finished_folder_is_refused_for_other_data_or_parameters(tmp_path):
         classifier(max_epochs=2, checkpoint_dir=tmp_path).fit(X, y[::-1].copy(), masks=masks)
     with pytest.raises(ValueError, match="parameters differ: lr$|parameters differ: lr[^_]"):
         classifier(max_epochs=2, lr=1e-2, checkpoint_dir=tmp_path).fit(X, y, masks=masks)
-    # With a cosine schedule, max_epochs shapes every epoch's lr: another budget is another fit.
+    # With the warm-up + cosine schedule, max_epochs shapes every step's lr: another budget is another fit.
     with pytest.raises(ValueError, match="callbacks__lr_scheduler"):
         classifier(max_epochs=3, checkpoint_dir=tmp_path).fit(X, y, masks=masks)
     # The same fit again is the saved model, at once.

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from skorch.callbacks import Callback
 
 from dp_sklearn.data.augment import TTA_VIEWS, tta_view
 from dp_sklearn.estimators.mask_attention import MaskAttentionClassifier
@@ -40,15 +41,27 @@ def test_warmup_cosine_follows_the_formula_per_step(data):
 
 def test_resumed_fit_sees_the_uninterrupted_learning_rates(data, tmp_path):
     X, y, masks = data
-    full = MaskAttentionClassifier(**TINY, max_epochs=4, lr=0.01, augment=False).fit(X, y, masks=masks)
+    full = MaskAttentionClassifier(**TINY, max_epochs=4, lr=0.01).fit(X, y, masks=masks)
     ckpt = str(tmp_path / "ckpt")
-    MaskAttentionClassifier(**TINY, max_epochs=2, lr=0.01, augment=False, checkpoint_dir=ckpt).fit(X, y, masks=masks)
-    resumed = MaskAttentionClassifier(**TINY, max_epochs=4, lr=0.01, augment=False, checkpoint_dir=ckpt)
-    # the first run planned 2 epochs, so its two epochs ran a different curve; what must hold is that
-    # the resumed epochs follow the 4-epoch curve from the restored step on
-    resumed.fit(X, y, masks=masks)
+    MaskAttentionClassifier(**TINY, max_epochs=4, lr=0.01, checkpoint_dir=ckpt,
+                            callbacks=[("stop", _StopAfter(2))]).fit(X, y, masks=masks)
+    resumed = MaskAttentionClassifier(**TINY, max_epochs=4, lr=0.01, checkpoint_dir=ckpt).fit(X, y, masks=masks)
     assert len(resumed.history) == 4
-    np.testing.assert_allclose(resumed.history[2:, "lr"], full.history[2:, "lr"], rtol=1e-6)
+    np.testing.assert_allclose(resumed.history[:, "lr"], full.history[:, "lr"], rtol=1e-12)
+    # another budget changes every step's rate: the folder of the 4-epoch fit is refused
+    with pytest.raises(ValueError, match="callbacks__lr_scheduler"):
+        MaskAttentionClassifier(**TINY, max_epochs=6, lr=0.01, checkpoint_dir=ckpt).fit(X, y, masks=masks)
+
+
+class _StopAfter(Callback):
+    """Interrupt training (as Ctrl-C does) after ``n`` epochs; skorch ends the fit cleanly."""
+
+    def __init__(self, n):
+        self.n = n
+
+    def on_epoch_end(self, net, **kwargs):
+        if len(net.history) == self.n:
+            raise KeyboardInterrupt
 
 
 def test_label_smoothing_matches_torch_cross_entropy():

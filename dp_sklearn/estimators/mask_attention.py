@@ -33,8 +33,7 @@ from ..nn.attention import MaskAttentionNet
 from ..nn.backbones import build_backbone
 from ..utils.validation import check_images
 from ._torch import TorchEstimatorMixin
-from .callbacks import default_callbacks, remaining_epochs
-from .recipe import WarmupCosineLR
+from .callbacks import WarmupCosineLR, default_callbacks, remaining_epochs
 
 __all__ = ["MaskAttentionClassifier"]
 
@@ -148,7 +147,7 @@ class MaskAttentionClassifier(TorchEstimatorMixin, NeuralNetClassifier):
     lr_schedule : {"warmup_cosine", "cosine", "constant"}, default="warmup_cosine"
         ``"warmup_cosine"``: set before every optimizer step, the learning rate rises linearly
         from 0 to ``lr`` over the first ``warmup`` share of all steps, then follows a half
-        cosine to 0 (:class:`dp_sklearn.estimators.recipe.WarmupCosineLR`); a resumed fit sees
+        cosine to 0 (:class:`dp_sklearn.estimators.callbacks.WarmupCosineLR`); a resumed fit sees
         the same rate at every step. ``"cosine"``: cosine decay from ``lr`` to 0 stepped per
         epoch, no warm-up. ``"constant"``: ``lr`` throughout. A short fine-tune that ends at a
         small learning rate gives far more repeatable models than one that stops at full ``lr``.
