@@ -64,7 +64,7 @@ def handwritten_classifier_epochs(X, y, masks, available, p, device, seed, epoch
     est.class_counts_ = np.bincount(y, minlength=est.n_classes_).astype(float)
     with est._resolved_device():
         est.initialize()
-    module, criterion, augment = est.module_, est.criterion_, est.augmenter_
+    module, criterion, augment = est.module_, est.criterion_, est.augment_
     opt = torch.optim.AdamW(module.parameters(), lr=p["lr"], weight_decay=1e-4)
     amp = resolve_precision("auto", device)
     Xt = torch.from_numpy(X)[:, None]

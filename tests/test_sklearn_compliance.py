@@ -95,8 +95,8 @@ EXPECTED_FAILURES = {
 }
 EXPECTED_FAILURES["MaskAttentionClassifier"] = {
     **{k: v for k, v in EXPECTED_FAILURES["ContrastivePretrainer"].items()
-       if k not in ("check_parameters_default_constructible", "check_transformer_preserve_dtypes")},
-    "check_estimators_unfitted": "skorch's NotInitializedError is raised before scikit-learn's NotFittedError",
+       if k not in ("check_parameters_default_constructible", "check_transformer_preserve_dtypes",
+                    "check_do_not_raise_errors_in_init_or_set_params")},
     "check_estimators_partial_fit_n_features": "partial_fit is skorch's internal warm-start step, fed by fit",
     "check_fit_score_takes_y": "partial_fit is skorch's internal warm-start step, fed by fit",
     "check_transformer_general": ANY_SIZE,
@@ -109,8 +109,8 @@ EXPECTED_FAILURES["MaskAttentionClassifier"] = {
 }
 EXPECTED_FAILURES["DeepPneumoniaClassifier"] = {
     **{k: v for k, v in EXPECTED_FAILURES["MaskAttentionClassifier"].items()
-       if k not in ("check_no_attributes_set_in_init", "check_do_not_raise_errors_in_init_or_set_params",
-                    "check_set_params", "check_estimators_unfitted", "check_estimators_partial_fit_n_features",
+       if k not in ("check_no_attributes_set_in_init",
+                    "check_set_params", "check_estimators_partial_fit_n_features",
                     "check_fit_score_takes_y", "check_requires_y_none")},
     "check_transformer_preserve_dtypes": "embeddings are float32 whatever the pixel dtype (torch computes in float32)",
 }
@@ -118,7 +118,10 @@ EXPECTED_FAILURES["DeepPneumoniaClassifier"] = {
 ESTIMATORS = [
     pytest.param(CheckedMaskAttention(**TINY), "MaskAttentionClassifier", id="MaskAttentionClassifier"),
     pytest.param(CheckedPretrainer(**TINY), "ContrastivePretrainer", id="ContrastivePretrainer"),
-    pytest.param(CheckedDeepPneumonia(pretrain_epochs=1, **TINY), "DeepPneumoniaClassifier",
+    pytest.param(CheckedDeepPneumonia(pretrainer=ContrastivePretrainer(max_epochs=1),
+                                      classifier=MaskAttentionClassifier(max_epochs=1),
+                                      **{k: v for k, v in TINY.items() if k != "max_epochs"}),
+                 "DeepPneumoniaClassifier",
                  id="DeepPneumoniaClassifier"),
 ]
 

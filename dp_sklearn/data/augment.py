@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["IdentityAugment", "RadiographAugment", "build_augment", "resize_batch"]
+__all__ = ["IdentityAugment", "RadiographAugment", "build_augment", "resize_batch", "two_views"]
 
 
 def _size_pair(size, name: str):
@@ -416,3 +416,19 @@ def build_augment(augment, defaults=None, *, name="augment") -> nn.Module:
         return copy.deepcopy(augment)
     raise TypeError(f"{name} must be a bool, a dict of RadiographAugment arguments or an nn.Module, "
                     f"got {type(augment).__name__}.")
+
+
+def two_views(augment: nn.Module, x: torch.Tensor):
+    """Two independently augmented views of a batch ``x`` ``(N, 1, H, W)``.
+
+    The batch is augmented once as ``cat([x, x])`` (each row draws its own random
+    parameters, so the two copies of an image get different views) — one batched call
+    instead of two. Used by :class:`ContrastivePretrainer` and by the hand-written
+    reference loop of ``benchmarks/pretrain_throughput.py``.
+    """
+    views = augment(torch.cat([x, x]))
+    if isinstance(views, (tuple, list)):  # an augmentation that returns (images, masks)
+        views = views[0]
+    if x.is_cuda:
+        views = views.contiguous(memory_format=torch.channels_last)
+    return views[: len(x)], views[len(x):]
