@@ -15,7 +15,13 @@ import numpy as np
 import pytest
 from sklearn.utils.estimator_checks import check_estimator
 
-from dp_sklearn.estimators import ContrastivePretrainer, DeepPneumoniaClassifier, MaskAttentionClassifier
+from dp_sklearn.estimators import (
+    ContrastivePretrainer,
+    DeepPneumoniaClassifier,
+    LocalDiscriminationPretrainer,
+    MaskAttentionClassifier,
+    RadiomicsContrastiveClassifier,
+)
 
 
 def _as_images(X):
@@ -62,6 +68,31 @@ class CheckedPretrainer(_TabularAsImages, ContrastivePretrainer):
 
 class CheckedDeepPneumonia(_ClassifierOnTabularAsImages, DeepPneumoniaClassifier):
     pass
+
+
+class CheckedRadiomics(_ClassifierOnTabularAsImages, RadiomicsContrastiveClassifier):
+    pass
+
+
+def _as_square_images(X, side=16):
+    """Local discrimination needs 16 pixels a side: a row of ``d`` values is tiled to ``side x side``."""
+    if isinstance(X, np.ndarray) and X.ndim == 2 and X.dtype.kind in "biuf":
+        reps = -(-side // X.shape[1])
+        return np.tile(X[:, None, :], (1, side, reps))[:, :, :side]
+    return X
+
+
+class CheckedLocalDiscrimination(LocalDiscriminationPretrainer):
+    def fit(self, X, y=None, **kwargs):
+        return super().fit(_as_square_images(X), y, **kwargs)
+
+    def transform(self, X):
+        return super().transform(_as_square_images(X))
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.two_d_array = True
+        return tags
 
 
 TINY = dict(backbone="resnet10t", image_size=None, max_epochs=1, batch_size=8, verbose=0, random_state=0)
@@ -115,6 +146,16 @@ EXPECTED_FAILURES["DeepPneumoniaClassifier"] = {
     "check_transformer_preserve_dtypes": "embeddings are float32 whatever the pixel dtype (torch computes in float32)",
 }
 
+EXPECTED_FAILURES["RadiomicsContrastiveClassifier"] = dict(EXPECTED_FAILURES["MaskAttentionClassifier"])
+CHECKS_SET_N_CLUSTERS = "scikit-learn's checks set n_clusters=1; local discrimination needs at least 2 regions"
+EXPECTED_FAILURES["LocalDiscriminationPretrainer"] = {
+    **{k: v for k, v in EXPECTED_FAILURES["ContrastivePretrainer"].items() if k != "check_fit2d_predict1d"},
+    "check_fit2d_predict1d": CHECKS_SET_N_CLUSTERS,
+    "check_dont_overwrite_parameters": CHECKS_SET_N_CLUSTERS,
+    "check_fit2d_1feature": CHECKS_SET_N_CLUSTERS,
+    "check_estimators_empty_data_messages": "the test's tabular-to-image adapter cannot tile 0 features",
+}
+
 ESTIMATORS = [
     pytest.param(CheckedMaskAttention(**TINY), "MaskAttentionClassifier", id="MaskAttentionClassifier"),
     pytest.param(CheckedPretrainer(**TINY), "ContrastivePretrainer", id="ContrastivePretrainer"),
@@ -123,6 +164,9 @@ ESTIMATORS = [
                                       **{k: v for k, v in TINY.items() if k != "max_epochs"}),
                  "DeepPneumoniaClassifier",
                  id="DeepPneumoniaClassifier"),
+    pytest.param(CheckedRadiomics(**TINY), "RadiomicsContrastiveClassifier", id="RadiomicsContrastiveClassifier"),
+    pytest.param(CheckedLocalDiscrimination(**{**TINY, "patch_grid": 4, "stage1_epochs": 0}),
+                 "LocalDiscriminationPretrainer", id="LocalDiscriminationPretrainer"),
 ]
 
 
