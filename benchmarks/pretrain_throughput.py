@@ -1,6 +1,6 @@
 """Pre-training throughput: ContrastivePretrainer.fit vs a hand-written PyTorch SimCLR loop.
 
-Both sides train the same :class:`~dp_sklearn.estimators.pretrainer.SimCLRModule`
+Both sides train the same :class:`~dp_sklearn.nn.simclr.SimCLRModule`
 (backbone + pooling + projection head), make views with the same
 :class:`~dp_sklearn.data.augment.RadiographAugment` through the same
 :func:`~dp_sklearn.estimators.pretrainer.two_views`, use the same
@@ -43,7 +43,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dp_sklearn.data.dataset import resize_images  # noqa: E402
 from dp_sklearn.estimators.callbacks import Throughput  # noqa: E402
-from dp_sklearn.estimators.pretrainer import ContrastivePretrainer, SimCLRModule, make_augment, two_views  # noqa: E402
+from dp_sklearn.data.augment import build_augment, two_views  # noqa: E402
+from dp_sklearn.estimators.pretrainer import ContrastivePretrainer  # noqa: E402
+from dp_sklearn.nn.simclr import SimCLRModule  # noqa: E402
 from dp_sklearn.losses.contrastive import NTXentLoss  # noqa: E402
 from dp_sklearn.utils.device import autocast, resolve_device, resolve_precision, seed_everything  # noqa: E402
 
@@ -113,7 +115,7 @@ def handwritten_simclr_loop(
     cuda = device.startswith("cuda")
     if cuda:
         model = model.to(memory_format=torch.channels_last)
-    aug = make_augment(augment, size).to(device)
+    aug = build_augment(augment, {"output_size": tuple(size)}).to(device)
     criterion = NTXentLoss(temperature).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     data = torch.from_numpy(np.ascontiguousarray(resize_images(np.asarray(images, dtype=np.float32), size)))

@@ -71,6 +71,7 @@ def rows(profile: dict, device: str, seed: int):
 def _models(p, device, seed):
     from dp_sklearn.estimators.deep_pneumonia import DeepPneumoniaClassifier
     from dp_sklearn.estimators.mask_attention import MaskAttentionClassifier
+    from dp_sklearn.estimators.pretrainer import ContrastivePretrainer
 
     common = dict(backbone=p["backbone"], image_size=p["image_size"], max_epochs=p["epochs"],
                   batch_size=p["batch_size"], lr=p["lr"], device=device, random_state=seed, verbose=0)
@@ -79,7 +80,10 @@ def _models(p, device, seed):
                 lambda: MaskAttentionClassifier(attention_weight=0.0, contrastive_weight=0.0, class_balance_beta=0.0,
                                                 **common)),
         "dp": ("Deep Pneumonia (pre-training + mask attention + contrastive regulation + CB loss)",
-               lambda: DeepPneumoniaClassifier(pretrain_epochs=p["pretrain_epochs"], pretrain_lr=p["lr"], **common)),
+               lambda: DeepPneumoniaClassifier(
+                   pretrainer=ContrastivePretrainer(max_epochs=p["pretrain_epochs"], lr=p["lr"]),
+                   classifier=MaskAttentionClassifier(max_epochs=p["epochs"], lr=p["lr"]),
+                   **{k: v for k, v in common.items() if k not in ("max_epochs", "lr")})),
         "rc": (rows(p, device, seed)[0][0], rows(p, device, seed)[0][1]),
     }
 

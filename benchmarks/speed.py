@@ -68,7 +68,7 @@ def handwritten_classifier_epochs(X, y, masks, available, p, device, seed, epoch
     est.class_counts_ = np.bincount(y, minlength=est.n_classes_).astype(float)
     with est._resolved_device():
         est.initialize()
-    module, criterion, augment = est.module_, est.criterion_, est.augmenter_
+    module, criterion, augment = est.module_, est.criterion_, est.augment_
     params = list(module.parameters())
     opt = torch.optim.AdamW([{"params": [q for q in params if q.ndim > 1]},
                              {"params": [q for q in params if q.ndim <= 1], "weight_decay": 0.0}],

@@ -213,13 +213,15 @@ def save_overlays(paths, heat, out_dir, images=None, *, labels=None, root=None) 
 
 
 def _estimator(args):
-    from .estimators import DeepPneumoniaClassifier, MaskAttentionClassifier
+    from .estimators import ContrastivePretrainer, DeepPneumoniaClassifier, MaskAttentionClassifier
 
-    common = dict(backbone=args.backbone, image_size=args.image_size, max_epochs=args.epochs, batch_size=args.batch_size,
+    common = dict(backbone=args.backbone, image_size=args.image_size, batch_size=args.batch_size,
                   device=args.device, random_state=args.seed, num_workers=args.workers, verbose=1)
     if args.estimator == "mask-attention":
-        return MaskAttentionClassifier(checkpoint_dir=args.checkpoint_dir, **common)
-    return DeepPneumoniaClassifier(pretrain_epochs=args.pretrain_epochs, checkpoint_dir=args.checkpoint_dir, **common)
+        return MaskAttentionClassifier(max_epochs=args.epochs, checkpoint_dir=args.checkpoint_dir, **common)
+    return DeepPneumoniaClassifier(pretrainer=ContrastivePretrainer(max_epochs=args.pretrain_epochs),
+                                   classifier=MaskAttentionClassifier(max_epochs=args.epochs),
+                                   checkpoint_dir=args.checkpoint_dir, **common)
 
 
 # ----------------------------------------------------------------------------

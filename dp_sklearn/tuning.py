@@ -73,9 +73,12 @@ from sklearn.base import BaseEstimator, ClassifierMixin, MetaEstimatorMixin, clo
 from sklearn.metrics import check_scoring
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold, check_cv
 from sklearn.pipeline import Pipeline
-from sklearn.utils import Bunch, _safe_indexing
-from sklearn.utils._available_if import available_if
-from sklearn.utils.validation import _num_samples, check_is_fitted
+from sklearn.utils import Bunch
+from sklearn.utils.metaestimators import available_if
+from sklearn.utils.validation import check_is_fitted
+from skorch import NeuralNet
+from skorch.callbacks import Callback
+from ._compat import num_samples as _num_samples, safe_indexing as _safe_indexing
 
 __all__ = [
     "DEFAULT_STORAGE_PATH",
@@ -149,7 +152,13 @@ def _mask_attention_space(trial):
 
 
 register_search_space("MaskAttentionClassifier")(_mask_attention_space)
-register_search_space("DeepPneumoniaClassifier")(_mask_attention_space)
+
+
+@register_search_space("DeepPneumoniaClassifier")
+def _deep_pneumonia_space(trial):
+    # The classifier stage's space, as its nested parameters (classifier__attention_weight...).
+    prefix = "classifier__"
+    return {prefix + k: v for k, v in _mask_attention_space(_PrefixedTrial(trial, prefix)).items()}
 
 
 @register_search_space("ContrastivePretrainer")
@@ -217,11 +226,12 @@ def default_search_space(estimator):
     ===========================  ===========================================================
     estimator                    parameters (distribution)
     ===========================  ===========================================================
-    MaskAttentionClassifier,     ``lr`` log [1e-4, 3e-3], ``weight_decay`` log [1e-6, 1e-3],
-    DeepPneumoniaClassifier      ``attention_weight`` [0, 10], ``contrastive_weight`` [0, 0.5],
+    MaskAttentionClassifier      ``lr`` log [1e-4, 3e-3], ``weight_decay`` log [1e-6, 1e-3],
+                                 ``attention_weight`` [0, 10], ``contrastive_weight`` [0, 0.5],
                                  ``temperature`` log [0.05, 0.5], ``class_balance_beta`` in
                                  {0, 0.9, 0.99, 0.999, 0.9999}, ``loss_type`` in {softmax,
                                  focal}, ``focal_gamma`` in {0.5, 1, 2} (focal only)
+    DeepPneumoniaClassifier      the same, as ``classifier__<name>``
     ContrastivePretrainer        ``lr`` log [1e-4, 3e-3], ``temperature`` log [0.05, 0.5],
                                  ``projection_dim`` in {64, 128}
     ClassBalancedWeighting       ``beta`` in {0.9, 0.99, 0.999, 0.9999} + the inner
@@ -422,10 +432,6 @@ def _skorch_net_path(estimator):
     Only wrappers that hand ``X`` to the net unchanged are followed (not pipelines), so that
     the net can score the held-out fold itself.
     """
-    try:
-        from skorch import NeuralNet
-    except ImportError:  # pragma: no cover - skorch is a dependency
-        return None
     prefix = ""
     while estimator is not None:
         if isinstance(estimator, NeuralNet):
@@ -437,13 +443,7 @@ def _skorch_net_path(estimator):
     return None
 
 
-try:
-    from skorch.callbacks import Callback as _SkorchCallback
-except ImportError:  # pragma: no cover
-    _SkorchCallback = object
-
-
-class SkorchHeldOutPruning(_SkorchCallback):
+class SkorchHeldOutPruning(Callback):
     """skorch callback: score the held-out fold after each epoch, report it to Optuna, prune.
 
     Unlike ``optuna_integration.SkorchPruningCallback`` (which reads a value from

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dp_sklearn import DeepPneumoniaClassifier
+from dp_sklearn import ContrastivePretrainer, DeepPneumoniaClassifier, MaskAttentionClassifier
 from dp_sklearn.cli import save_overlays
 from dp_sklearn.data.io import read_images
 from dp_sklearn.datasets import DICOM_DIR, load_cxr1k
@@ -32,8 +32,10 @@ def main(argv=None):
     if args.subsample:
         keep = np.random.RandomState(0).permutation(len(y))[: args.subsample]
         X, y, masks = X[keep], y[keep], masks[keep]
-    clf = DeepPneumoniaClassifier(backbone="resnet10t", image_size=args.image_size, max_epochs=args.epochs,
-                                  pretrain_epochs=args.epochs, batch_size=min(64, len(y)), lr=2e-3, verbose=0, random_state=0)
+    clf = DeepPneumoniaClassifier(backbone="resnet10t", image_size=args.image_size, batch_size=min(64, len(y)),
+                                  pretrainer=ContrastivePretrainer(max_epochs=args.epochs, lr=2e-3),
+                                  classifier=MaskAttentionClassifier(max_epochs=args.epochs, lr=2e-3),
+                                  verbose=0, random_state=0)
     clf.fit(X, np.array(data.target_names)[y], masks=masks)
 
     paths = sorted(str(p) for p in Path(args.dicom_dir).glob("*.dcm"))

@@ -11,7 +11,7 @@ import numpy as np
 from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 from sklearn.model_selection import StratifiedGroupKFold
 
-from dp_sklearn import DeepPneumoniaClassifier
+from dp_sklearn import ContrastivePretrainer, DeepPneumoniaClassifier, MaskAttentionClassifier
 from dp_sklearn.datasets import load_cxr1k
 from dp_sklearn.metrics import lesion_focus
 
@@ -33,8 +33,9 @@ def main(argv=None):
         X, y, masks, groups = X[keep], y[keep], masks[keep], groups[keep]
     train, test = next(StratifiedGroupKFold(5, shuffle=True, random_state=0).split(X, y, groups))
 
-    clf = DeepPneumoniaClassifier(backbone=args.backbone, image_size=args.image_size, max_epochs=args.epochs,
-                                  pretrain_epochs=args.pretrain_epochs, batch_size=64, lr=2e-3, pretrain_lr=2e-3,
+    clf = DeepPneumoniaClassifier(backbone=args.backbone, image_size=args.image_size, batch_size=64,
+                                  pretrainer=ContrastivePretrainer(max_epochs=args.pretrain_epochs, lr=2e-3),
+                                  classifier=MaskAttentionClassifier(max_epochs=args.epochs, lr=2e-3),
                                   device=args.device, random_state=0)
     t0 = time.perf_counter()
     clf.fit(X[train], y[train], masks=masks[train])  # masks only from the training fold

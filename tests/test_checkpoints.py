@@ -73,7 +73,7 @@ def test_resumed_fit_runs_every_epoch_at_the_uninterrupted_lr_and_gives_the_same
     np.testing.assert_allclose(resumed.history[:, "lr"], straight.history[:, "lr"], rtol=1e-12)
     # warm-up + cosine per step: 12 steps (3 a epoch), 1 of warm-up; "lr" is each epoch's last step
     last_steps = np.array([2, 5, 8, 11])
-    np.testing.assert_allclose(resumed.history[:, "lr"], 1e-3 * (1 + np.cos(np.pi * (last_steps - 1) / 11)) / 2,
+    np.testing.assert_allclose(resumed.history[:, "lr"], resumed.lr * (1 + np.cos(np.pi * (last_steps - 1) / 11)) / 2,
                                rtol=1e-9)
     # Same batches and augmentations too (the RNG state is part of the checkpoint): same model.
     np.testing.assert_allclose(resumed.history[:, "train_loss"], straight.history[:, "train_loss"], rtol=1e-5)

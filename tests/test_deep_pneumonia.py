@@ -7,14 +7,16 @@ import joblib
 import numpy as np
 import pytest
 import sklearn
+import torch
 from sklearn.base import clone
+from sklearn.metrics import accuracy_score
 from sklearn.model_selection import GridSearchCV, GroupKFold, cross_validate
 
 from dp_sklearn import DeepPneumoniaClassifier
-from dp_sklearn.estimators import ContrastivePretrainer, ImageResampler
+from dp_sklearn.estimators import ContrastivePretrainer, ImageResampler, MaskAttentionClassifier
 
-TINY = dict(backbone="resnet10t", image_size=16, pretrain_epochs=1, max_epochs=1, batch_size=8, verbose=0,
-            random_state=0)
+TINY = dict(backbone="resnet10t", image_size=16, pretrainer=ContrastivePretrainer(max_epochs=1),
+            classifier=MaskAttentionClassifier(max_epochs=1), batch_size=8, verbose=0, random_state=0)
 
 
 @pytest.fixture
@@ -43,11 +45,15 @@ def test_fit_predict_and_outputs(data):
     clf = DeepPneumoniaClassifier(**TINY).fit(X, y, masks=masks)
     proba = clf.predict_proba(X)
     assert proba.shape == (24, 3) and np.allclose(proba.sum(1), 1, atol=1e-5)
-    assert set(clf.predict(X)) <= {0, 1, 2}
+    np.testing.assert_array_equal(clf.predict(X), clf.classes_[proba.argmax(1)])
     assert clf.attention_maps(X).shape == (24, 16, 16)
-    assert clf.transform(X).shape[0] == 24
-    assert 0 <= clf.score(X, y) <= 1
-    assert isinstance(clf.pretrainer_, ContrastivePretrainer)
+    # the features the head sees: [avg_pool(F), pool(F * A)] for the default pooling
+    assert clf.transform(X).shape == (24, clf.classifier_.module_.classifier.in_features)
+    assert clf.score(X, y) == accuracy_score(y, clf.predict(X))
+    assert isinstance(clf.pretrainer_, ContrastivePretrainer) and len(clf.pretrainer_.history) == 1
+    # the stages got the shared parameters, and the classifier warm-started from the fitted pre-trainer
+    assert clf.pretrainer_.backbone == clf.classifier_.backbone == "resnet10t"
+    assert clf.classifier_.encoder is clf.pretrainer_ and clf.classifier_.batch_size == 8
 
 
 def test_string_labels_round_trip(data):
@@ -59,13 +65,43 @@ def test_string_labels_round_trip(data):
 
 
 def test_params_flat_and_nested():
-    clf = DeepPneumoniaClassifier(pretrainer=ContrastivePretrainer(max_epochs=3))
+    clf = DeepPneumoniaClassifier(pretrainer=ContrastivePretrainer(max_epochs=3), classifier=MaskAttentionClassifier())
     params = clf.get_params(deep=True)
-    assert params["pretrainer__max_epochs"] == 3 and params["attention_weight"] == 5.0
-    clf.set_params(pretrainer__max_epochs=5, attention_weight=0.0)
-    assert clf.pretrainer.max_epochs == 5 and clf.attention_weight == 0.0
+    assert params["pretrainer__max_epochs"] == 3 and params["classifier__attention_weight"] == 5.0
+    clf.set_params(pretrainer__max_epochs=5, classifier__attention_weight=0.0)
+    assert clf.pretrainer.max_epochs == 5 and clf.classifier.attention_weight == 0.0
     c2 = clone(clf)
-    assert c2.get_params()["pretrainer__max_epochs"] == 5
+    assert c2.get_params()["pretrainer__max_epochs"] == 5 and c2.get_params()["classifier__attention_weight"] == 0.0
+
+
+def test_nested_params_on_default_stages():
+    # with the stages left at None, a nested parameter first puts the default stage there
+    clf = DeepPneumoniaClassifier().set_params(classifier__backbone_kwargs={"stem_stride": 1},
+                                               pretrainer__max_epochs=2)
+    assert isinstance(clf.classifier, MaskAttentionClassifier) and clf.classifier.backbone_kwargs == {"stem_stride": 1}
+    assert isinstance(clf.pretrainer, ContrastivePretrainer) and clf.pretrainer.max_epochs == 2
+    assert clf.pretrainer.batch_size == 32  # the default pre-trainer of DeepPneumoniaClassifier()
+
+
+def test_every_classifier_option_reaches_the_fitted_classifier(data):
+    X, y, masks = data
+    clf = DeepPneumoniaClassifier(**{**TINY, "pretrain": False}).set_params(
+        classifier__mask_downsample="max", classifier__dropout=0.25, classifier__projection_dim=8)
+    clf.fit(X, y, masks=masks)
+    fitted = clf.classifier_
+    assert (fitted.mask_downsample, fitted.dropout, fitted.projection_dim) == ("max", 0.25, 8)
+    linears = [m for m in fitted.module_.projector.modules() if isinstance(m, torch.nn.Linear)]
+    assert linears[-1].out_features == 8 and fitted.module_.dropout.p == 0.25
+
+
+def test_classifier_params_validated_before_pretraining(data, monkeypatch):
+    X, y, masks = data
+    started = []
+    monkeypatch.setattr(ContrastivePretrainer, "fit", lambda self, *a, **k: started.append(1) or self)
+    clf = DeepPneumoniaClassifier(**{**TINY, "classifier": MaskAttentionClassifier(attention_weight=-1.0)})
+    with pytest.raises(ValueError, match="attention_weight"):
+        clf.fit(X, y, masks=masks)
+    assert not started and not hasattr(clf, "pretrainer_")
 
 
 def test_prefit_pretrainer_is_used_as_is(data):
@@ -73,7 +109,7 @@ def test_prefit_pretrainer_is_used_as_is(data):
     pre = ContrastivePretrainer(backbone="resnet10t", image_size=16, max_epochs=1, batch_size=8, verbose=0,
                                 random_state=0).fit(X)
     n_epochs = len(pre.history)
-    clf = DeepPneumoniaClassifier(**TINY, pretrainer=pre).fit(X, y, masks=masks)
+    clf = DeepPneumoniaClassifier(**{**TINY, "pretrainer": pre}).fit(X, y, masks=masks)
     assert clf.pretrainer_ is pre and len(pre.history) == n_epochs  # not refitted
 
 
@@ -95,8 +131,11 @@ def test_grid_search_routes_masks(data):
     RecordingDP.received = []
     with sklearn.config_context(enable_metadata_routing=True):
         est = RecordingDP(**TINY, pretrain=False).set_fit_request(masks=True)
-        gs = GridSearchCV(est, {"attention_weight": [0.0, 1.0]}, cv=2, scoring="accuracy").fit(X, y, masks=masks)
-    assert gs.best_params_["attention_weight"] in (0.0, 1.0)
+        gs = GridSearchCV(est, {"classifier__attention_weight": [0.0, 1.0]}, cv=2, scoring="accuracy")
+        gs.fit(X, y, masks=masks)
+    assert list(gs.cv_results_["param_classifier__attention_weight"]) == [0.0, 1.0]
+    best = gs.best_params_["classifier__attention_weight"]
+    assert gs.best_estimator_.classifier_.attention_weight == best  # the nested value reached the fitted stage
     assert len(RecordingDP.received) == 2 * 2 + 1  # 2 candidates x 2 folds + refit
     for X_fold, m_fold in RecordingDP.received:
         rows = [int(np.flatnonzero((X == x).all(axis=(1, 2)))[0]) for x in X_fold]
@@ -111,7 +150,6 @@ def test_imblearn_pipeline_with_image_resampler(data):
     X, y = X[:20], np.r_[np.zeros(14, int), np.ones(6, int)]
     pipe = make_pipeline(ImageResampler(RandomUnderSampler(random_state=0)), DeepPneumoniaClassifier(**TINY))
     pipe.fit(X, y)
-    assert np.bincount(pipe[-1].classifier_.class_counts_.astype(int)).size >= 1
     assert pipe[-1].classifier_.class_counts_.tolist() == [6, 6]  # balanced before the classifier saw it
     assert pipe.predict(X).shape == (20,)  # sampling happens during fit only
 

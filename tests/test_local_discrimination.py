@@ -281,7 +281,7 @@ def test_linear_probe_pipeline(X8):
 
 @pytest.mark.parametrize("kw,X,match", [
     (dict(batch_size=16), None, "batch_size=16"),
-    (dict(image_size=64), None, "smaller than that"),
+    (dict(image_size=64), None, "smaller than the crop"),
     (dict(n_clusters=1), None, "n_clusters"),
     (dict(image_size=8), None, "image_size"),
     (dict(patch_grid=40, image_size=None), None, "patch_grid"),

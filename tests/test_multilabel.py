@@ -176,16 +176,30 @@ def test_sklearn_multilabel_checks(check):
         check("MultiLabelMetricClassifier", pipe)
 
 
-def test_masks_are_accepted_and_routed(tiny_ml):
-    from sklearn.model_selection import cross_validate
+def test_masks_are_accepted_routed_per_fold_and_ignored(tiny_ml):
+    from sklearn.model_selection import KFold, cross_validate
 
     X, Y = tiny_ml
-    masks = np.zeros(X.shape, bool)
-    small().fit(X, Y, masks=masks)
+    masks = np.random.RandomState(1).rand(*X.shape) > 0.5  # distinct per image, so a misrouted mask shows
+    # ignored: the same seed gives the same model with or without masks
+    with_masks = small(random_state=0).fit(X, Y, masks=masks).predict_proba(X)
+    np.testing.assert_array_equal(with_masks, small(random_state=0).fit(X, Y).predict_proba(X))
+
+    received = []
+
+    class Recording(MultiLabelMetricClassifier):
+        def fit(self, X, y, masks=None, sample_weight=None):
+            received.append((np.asarray(X).copy(), masks))
+            return super().fit(X, y, masks=masks, sample_weight=sample_weight)
+
     with sklearn.config_context(enable_metadata_routing=True):
-        clf = small(loss="bce").set_fit_request(masks=True)
-        res = cross_validate(clf, X, Y, params={"masks": masks}, cv=2)
-    assert len(res["test_score"]) == 2
+        params = {k: v for k, v in small(loss="bce").get_params(deep=False).items() if not k.startswith("_")}
+        clf = Recording(**params).set_fit_request(masks=True)
+        res = cross_validate(clf, X, Y, params={"masks": masks}, cv=KFold(2))
+    assert len(res["test_score"]) == 2 and len(received) == 2
+    for X_fold, m_fold in received:  # each fold's fit got exactly its own rows' masks
+        rows = [int(np.flatnonzero((X == x).all(axis=(1, 2)))[0]) for x in X_fold]
+        np.testing.assert_array_equal(m_fold, masks[rows])
 
 
 def test_sample_weight_zero_equals_dropping(tiny_ml):

@@ -15,7 +15,13 @@ import numpy as np
 import pytest
 from sklearn.utils.estimator_checks import check_estimator
 
-from dp_sklearn.estimators import ContrastivePretrainer, DeepPneumoniaClassifier, MaskAttentionClassifier
+from dp_sklearn.estimators import (
+    ContrastivePretrainer,
+    DeepPneumoniaClassifier,
+    LocalDiscriminationPretrainer,
+    MaskAttentionClassifier,
+    RadiomicsContrastiveClassifier,
+)
 
 
 def _as_images(X):
@@ -64,6 +70,31 @@ class CheckedDeepPneumonia(_ClassifierOnTabularAsImages, DeepPneumoniaClassifier
     pass
 
 
+class CheckedRadiomics(_ClassifierOnTabularAsImages, RadiomicsContrastiveClassifier):
+    pass
+
+
+def _as_square_images(X, side=16):
+    """Local discrimination needs 16 pixels a side: a row of ``d`` values is tiled to ``side x side``."""
+    if isinstance(X, np.ndarray) and X.ndim == 2 and X.dtype.kind in "biuf":
+        reps = -(-side // X.shape[1])
+        return np.tile(X[:, None, :], (1, side, reps))[:, :, :side]
+    return X
+
+
+class CheckedLocalDiscrimination(LocalDiscriminationPretrainer):
+    def fit(self, X, y=None, **kwargs):
+        return super().fit(_as_square_images(X), y, **kwargs)
+
+    def transform(self, X):
+        return super().transform(_as_square_images(X))
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.two_d_array = True
+        return tags
+
+
 TINY = dict(backbone="resnet10t", image_size=None, max_epochs=1, batch_size=8, verbose=0, random_state=0)
 
 IMAGE_ONLY = "image estimator: rejects this input with its own clear error, not the tabular wording the check expects"
@@ -95,8 +126,8 @@ EXPECTED_FAILURES = {
 }
 EXPECTED_FAILURES["MaskAttentionClassifier"] = {
     **{k: v for k, v in EXPECTED_FAILURES["ContrastivePretrainer"].items()
-       if k not in ("check_parameters_default_constructible", "check_transformer_preserve_dtypes")},
-    "check_estimators_unfitted": "skorch's NotInitializedError is raised before scikit-learn's NotFittedError",
+       if k not in ("check_parameters_default_constructible", "check_transformer_preserve_dtypes",
+                    "check_do_not_raise_errors_in_init_or_set_params")},
     "check_estimators_partial_fit_n_features": "partial_fit is skorch's internal warm-start step, fed by fit",
     "check_fit_score_takes_y": "partial_fit is skorch's internal warm-start step, fed by fit",
     "check_transformer_general": ANY_SIZE,
@@ -109,17 +140,33 @@ EXPECTED_FAILURES["MaskAttentionClassifier"] = {
 }
 EXPECTED_FAILURES["DeepPneumoniaClassifier"] = {
     **{k: v for k, v in EXPECTED_FAILURES["MaskAttentionClassifier"].items()
-       if k not in ("check_no_attributes_set_in_init", "check_do_not_raise_errors_in_init_or_set_params",
-                    "check_set_params", "check_estimators_unfitted", "check_estimators_partial_fit_n_features",
+       if k not in ("check_no_attributes_set_in_init",
+                    "check_set_params", "check_estimators_partial_fit_n_features",
                     "check_fit_score_takes_y", "check_requires_y_none")},
     "check_transformer_preserve_dtypes": "embeddings are float32 whatever the pixel dtype (torch computes in float32)",
+}
+
+EXPECTED_FAILURES["RadiomicsContrastiveClassifier"] = dict(EXPECTED_FAILURES["MaskAttentionClassifier"])
+CHECKS_SET_N_CLUSTERS = "scikit-learn's checks set n_clusters=1; local discrimination needs at least 2 regions"
+EXPECTED_FAILURES["LocalDiscriminationPretrainer"] = {
+    **{k: v for k, v in EXPECTED_FAILURES["ContrastivePretrainer"].items() if k != "check_fit2d_predict1d"},
+    "check_fit2d_predict1d": CHECKS_SET_N_CLUSTERS,
+    "check_dont_overwrite_parameters": CHECKS_SET_N_CLUSTERS,
+    "check_fit2d_1feature": CHECKS_SET_N_CLUSTERS,
+    "check_estimators_empty_data_messages": "the test's tabular-to-image adapter cannot tile 0 features",
 }
 
 ESTIMATORS = [
     pytest.param(CheckedMaskAttention(**TINY), "MaskAttentionClassifier", id="MaskAttentionClassifier"),
     pytest.param(CheckedPretrainer(**TINY), "ContrastivePretrainer", id="ContrastivePretrainer"),
-    pytest.param(CheckedDeepPneumonia(pretrain_epochs=1, **TINY), "DeepPneumoniaClassifier",
+    pytest.param(CheckedDeepPneumonia(pretrainer=ContrastivePretrainer(max_epochs=1),
+                                      classifier=MaskAttentionClassifier(max_epochs=1),
+                                      **{k: v for k, v in TINY.items() if k != "max_epochs"}),
+                 "DeepPneumoniaClassifier",
                  id="DeepPneumoniaClassifier"),
+    pytest.param(CheckedRadiomics(**TINY), "RadiomicsContrastiveClassifier", id="RadiomicsContrastiveClassifier"),
+    pytest.param(CheckedLocalDiscrimination(**{**TINY, "patch_grid": 4, "stage1_epochs": 0}),
+                 "LocalDiscriminationPretrainer", id="LocalDiscriminationPretrainer"),
 ]
 
 

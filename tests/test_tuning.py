@@ -17,7 +17,7 @@ import optuna
 import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState
-from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.base import BaseEstimator, ClassifierMixin, clone
 from sklearn.datasets import make_classification
 from sklearn.linear_model import LogisticRegression
 
@@ -119,14 +119,16 @@ def test_default_search_space_composes_through_class_balanced_weighting():
 def test_default_spaces_name_real_parameters_of_the_torch_estimators(module, cls):
     mod = pytest.importorskip(module)
     est = getattr(mod, cls)()
-    valid = set(est.get_params())
     space = default_search_space(est)
     # Several draws, so that the conditional focal_gamma shows up too.
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
     seen = set()
     for _ in range(8):
-        seen |= set(space(study.ask()))
-    assert seen <= valid, sorted(seen - valid)
+        params = space(study.ask())
+        seen |= set(params)
+        tuned = clone(est).set_params(**params)  # raises on a parameter name the estimator does not have
+        assert set(params) <= set(tuned.get_params(deep=True)), sorted(set(params) - set(tuned.get_params()))
+    assert seen
 
 
 def test_unknown_estimator_asks_for_search_space():

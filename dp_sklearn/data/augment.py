@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["IdentityAugment", "RadiographAugment", "build_augment", "resize_batch", "tta_view"]
+__all__ = ["IdentityAugment", "RadiographAugment", "build_augment", "resize_batch", "tta_view", "two_views"]
 
 
 def _size_pair(size, name: str):
@@ -459,3 +459,19 @@ def tta_view(images, k):
     grid = F.affine_grid(theta, list(images.shape), align_corners=False)
     view = F.grid_sample(images.float(), grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     return view.to(images.dtype)
+
+
+def two_views(augment: nn.Module, x: torch.Tensor):
+    """Two independently augmented views of a batch ``x`` ``(N, 1, H, W)``.
+
+    The batch is augmented once as ``cat([x, x])`` (each row draws its own random
+    parameters, so the two copies of an image get different views) — one batched call
+    instead of two. Used by :class:`ContrastivePretrainer` and by the hand-written
+    reference loop of ``benchmarks/pretrain_throughput.py``.
+    """
+    views = augment(torch.cat([x, x]))
+    if isinstance(views, (tuple, list)):  # an augmentation that returns (images, masks)
+        views = views[0]
+    if x.is_cuda:
+        views = views.contiguous(memory_format=torch.channels_last)
+    return views[: len(x)], views[len(x):]

@@ -45,9 +45,12 @@ class XRayDataset(Dataset):
     mask_available : bool ndarray (n,), optional
     image_size : (int, int), optional
         Size every image is brought to. Arrays are resized once up front; paths at read time.
+    sample_weight : array-like (n,), optional
+        Per-sample loss weights; when given, every item's inputs also carry ``"sample_weight"``
+        (a float32 scalar), which the estimators hand to their loss as a tensor.
     """
 
-    def __init__(self, images, y=None, masks=None, mask_available=None, image_size=None):
+    def __init__(self, images, y=None, masks=None, mask_available=None, image_size=None, sample_weight=None):
         self.streaming = isinstance(images, list)
         self.image_size = None if image_size is None else tuple(image_size)
         n = len(images)
@@ -69,6 +72,8 @@ class XRayDataset(Dataset):
             mask_available = np.zeros(n, dtype=bool)
         self.mask_available = torch.as_tensor(np.asarray(mask_available, dtype=bool))
         self.y = torch.zeros(n, dtype=torch.int64) if y is None else torch.as_tensor(np.asarray(y))
+        self.sample_weight = (None if sample_weight is None
+                              else torch.as_tensor(np.asarray(sample_weight, dtype=np.float32)))
 
     def __len__(self):
         return len(self.y)
@@ -98,4 +103,6 @@ class XRayDataset(Dataset):
             "has_mask": self.mask_available[i],
             "index": torch.tensor(i, dtype=torch.int64),
         }
+        if self.sample_weight is not None:
+            inputs["sample_weight"] = self.sample_weight[i]
         return inputs, self.y[i]

@@ -25,6 +25,7 @@ from sklearn.preprocessing import LabelEncoder
 from sklearn.utils.multiclass import type_of_target
 
 from ..data.augment import build_augment
+from ..data.batches import InMemoryBatches, XRayBatches
 from ..data.dataset import XRayDataset
 from ..utils.device import autocast, resolve_device, resolve_precision, seed_everything
 from ..utils.validation import check_images, check_masks
@@ -36,73 +37,6 @@ def _as_size(image_size):
     if np.isscalar(image_size):
         return (int(image_size), int(image_size))
     return tuple(int(s) for s in image_size)
-
-
-class InMemoryBatches:
-    """Batches ``({"x": (b, 1, H, W)}, None)`` sliced from one in-memory tensor.
-
-    A fast path for unlabelled pre-training on arrays: one tensor slice per batch instead of
-    indexing and collating image by image. A new random order each pass when ``shuffle`` (from
-    torch's global generator, which ``random_state`` seeds).
-    """
-
-    def __init__(self, images: torch.Tensor, batch_size: int, shuffle: bool, drop_last: bool):
-        self.images, self.batch_size, self.shuffle, self.drop_last = images, batch_size, shuffle, drop_last
-
-    def __len__(self):
-        n, b = len(self.images), self.batch_size
-        return n // b if self.drop_last else -(-n // b)
-
-    def __iter__(self):
-        n, b = len(self.images), self.batch_size
-        order = torch.randperm(n) if self.shuffle else None
-        stop = (n // b) * b if self.drop_last else n
-        for start in range(0, stop, b):
-            idx = order[start:start + b] if order is not None else slice(start, start + b)
-            yield {"x": self.images[idx].unsqueeze(1)}, None
-
-
-class XRayBatches:
-    """Batches of an in-memory :class:`XRayDataset` by tensor slicing (no per-item collate).
-
-    Yields the same ``(inputs, y)`` batches as a ``DataLoader`` over the dataset would — ``x``,
-    ``mask``, ``has_mask``, ``index`` (and ``sample_weight`` when the dataset has one) — but
-    with one slice per tensor per batch, which matters for small images on CPU.
-    """
-
-    def __init__(self, dataset: XRayDataset, batch_size: int, shuffle: bool, drop_last: bool):
-        self.dataset, self.batch_size, self.shuffle, self.drop_last = dataset, batch_size, shuffle, drop_last
-
-    def __len__(self):
-        n, b = len(self.dataset), self.batch_size
-        return n // b if self.drop_last else -(-n // b)
-
-    def __iter__(self):
-        ds, b = self.dataset, self.batch_size
-        n = len(ds)
-        # Consume the global RNG exactly as a DataLoader does (its workers' base seed, then
-        # RandomSampler's seed), so both paths give one batch order and one augmentation stream.
-        torch.empty((), dtype=torch.int64).random_()
-        if self.shuffle:
-            generator = torch.Generator()
-            generator.manual_seed(int(torch.empty((), dtype=torch.int64).random_().item()))
-            order = torch.randperm(n, generator=generator)
-        else:
-            order = torch.arange(n)
-        stop = (n // b) * b if self.drop_last else n
-        weights = getattr(ds, "sample_weight", None)
-        for start in range(0, stop, b):
-            idx = order[start:start + b]
-            x = ds.images[idx].unsqueeze(1)
-            available = ds.mask_available[idx]
-            if ds.masks is None:
-                mask = torch.zeros_like(x)
-            else:
-                mask = (ds.masks[idx] & available[:, None, None]).unsqueeze(1).to(torch.float32)
-            inputs = {"x": x, "mask": mask, "has_mask": available, "index": idx}
-            if isinstance(weights, torch.Tensor):
-                inputs["sample_weight"] = weights[idx]
-            yield inputs, ds.y[idx]
 
 
 class TorchEstimatorMixin:
@@ -203,13 +137,18 @@ class TorchEstimatorMixin:
             )
         return encoder.classes_, encoder.transform(y).astype(np.int64)
 
+    #: RadiographAugment arguments that ``augment=True`` (or a dict on top) means for this estimator.
+    _augment_defaults = {}
+
     def _build_augmenter(self):
         """The module the ``augment`` parameter asks for, producing images at ``image_size``."""
         size = self._image_size()
-        return build_augment(self.augment, None if size is None else {"output_size": size})
+        defaults = dict(self._augment_defaults, **({} if size is None else {"output_size": size}))
+        return build_augment(self.augment, defaults)
 
-    def _make_dataset(self, images, y=None, masks=None, mask_available=None):
-        return XRayDataset(images, y=y, masks=masks, mask_available=mask_available, image_size=self._image_size())
+    def _make_dataset(self, images, y=None, masks=None, mask_available=None, sample_weight=None):
+        return XRayDataset(images, y=y, masks=masks, mask_available=mask_available, image_size=self._image_size(),
+                           sample_weight=sample_weight)
 
     def _unlabelled_iterator(self, dataset, training):
         """``get_iterator`` of the label-free pre-trainers.

@@ -20,30 +20,26 @@ pre-trainer's. :func:`cluster_dice` scores how well one of the regions matches l
 from __future__ import annotations
 
 import copy
-import os
 from numbers import Integral, Real
 
 import numpy as np
 import skorch
 import torch
-from skorch.callbacks import EarlyStopping, PassthroughScoring
+from skorch.callbacks import EarlyStopping
 from sklearn.base import TransformerMixin
-from sklearn.utils._param_validation import Interval, StrOptions, validate_parameter_constraints
-from sklearn.utils.validation import check_is_fitted
 from torch import nn
 
+from .._compat import Interval, StrOptions
 from ..data.augment import build_augment
-from ..data.dataset import XRayDataset
 from ..losses.local_discrimination import LocalDiscriminationLoss
 from ..nn.backbones import BACKBONES
-from ..nn.local_discrimination import LD_BACKBONES, LocalDiscriminationNet, dihedral
-from ..utils.device import autocast, resolve_device
-from ._torch import TorchEstimatorMixin, _as_size
-from .callbacks import default_callbacks, remaining_epochs
+from ..nn.local_discrimination import LocalDiscriminationNet, dihedral
+from ._torch import _as_size
+from .base import PretrainerBase, fill_doc
+from ..metrics import cluster_dice  # noqa: F401  (its old home; re-exported)
+from .callbacks import default_callbacks
 
 __all__ = ["LocalDiscriminationPretrainer", "cluster_dice"]
-
-_LOSS_TERMS = ("pd_loss", "mixup_loss", "ld_loss", "entropy_loss")
 
 #: Per-view augmentation defaults: a small rotation and intensity jitter, no crop / shift / zoom,
 #: so the two views keep (almost) the same geometry and their patches stay aligned.
@@ -71,56 +67,8 @@ class _Stage2EarlyStopping(EarlyStopping):
         super().on_epoch_end(net, **kwargs)
 
 
-def cluster_dice(segmentation, masks):
-    """How well the regions of a segmentation match lesion masks (Dice), without labels.
-
-    For image ``i`` and region ``k``, ``dice[i, k] = 2 |S_ik & M_i| / (|S_ik| + |M_i|)`` with
-    ``S_ik`` the pixels assigned to ``k``. Two summaries:
-
-    - ``best_cluster_dice``: the single region ``k*`` with the highest mean Dice over the images,
-      and that mean (one region must stand for "lesion" in every image);
-    - ``per_image_best_dice``: the mean over images of each image's best region (an upper bound).
-
-    Parameters
-    ----------
-    segmentation : array-like of int, shape (n, H, W)
-        Region index per pixel (e.g. :meth:`LocalDiscriminationPretrainer.segment`).
-    masks : array-like of shape (n, H, W)
-        Lesion masks (bool or {0, 1}); images with an empty mask are left out.
-
-    Returns
-    -------
-    dict
-        ``best_cluster`` (int), ``best_cluster_dice`` (float), ``per_image_best_dice`` (float),
-        ``dice`` (ndarray (n_used, n_regions)), ``n_images`` (int).
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> seg = np.zeros((2, 4, 4), int); seg[:, :2, :2] = 3
-    >>> m = np.zeros((2, 4, 4), bool); m[:, :2, :2] = True
-    >>> r = cluster_dice(seg, m); r["best_cluster"], r["best_cluster_dice"]
-    (3, 1.0)
-    """
-    seg = np.asarray(segmentation)
-    msk = np.asarray(masks).astype(bool)
-    if seg.shape != msk.shape or seg.ndim != 3:
-        raise ValueError(f"segmentation and masks must both have shape (n, H, W), got {seg.shape} and {msk.shape}.")
-    keep = msk.reshape(len(msk), -1).any(1)
-    seg, msk = seg[keep].astype(np.int64), msk[keep]
-    if not len(seg):
-        raise ValueError("no image has a non-empty mask.")
-    k = int(seg.max()) + 1
-    onehot = np.eye(k, dtype=bool)[seg.reshape(len(seg), -1)]  # (n, P, k)
-    m = msk.reshape(len(msk), -1, 1)
-    inter = (onehot & m).sum(1)
-    dice = 2 * inter / (onehot.sum(1) + m.sum(1))
-    best = int(np.argmax(dice.mean(0)))
-    return {"best_cluster": best, "best_cluster_dice": float(dice[:, best].mean()),
-            "per_image_best_dice": float(dice.max(1).mean()), "dice": dice, "n_images": int(len(seg))}
-
-
-class LocalDiscriminationPretrainer(TorchEstimatorMixin, TransformerMixin, skorch.NeuralNet):
+@fill_doc
+class LocalDiscriminationPretrainer(PretrainerBase, TransformerMixin, skorch.NeuralNet):
     """Local discrimination pre-training (Chen et al. 2022): pixel embeddings and soft regions.
 
     ``fit(X)`` trains, without labels, an encoder-decoder whose embedding branch gives a unit
@@ -201,14 +149,14 @@ class LocalDiscriminationPretrainer(TorchEstimatorMixin, TransformerMixin, skorc
         Save after every epoch and resume from there (see
         :func:`~dp_sklearn.estimators.callbacks.default_callbacks`); the stage follows the
         restored history.
-    device : {"auto", "cpu", "cuda"} or "cuda:N", default="auto"
+    {device}
     precision : {"auto", "float32", "bfloat16", "float16"}, default="auto"
         bfloat16 autocast on CUDA by default; embeddings, assignments and losses are float32.
     num_workers : int, default=0
         DataLoader workers; with 0 and array input, batches are sliced from one tensor.
     random_state : int, RandomState or None, default=None
         Seeds initialisation, shuffling, views and mixing (repeatable on one device).
-    verbose : int, default=1
+    {verbose}
     module, criterion, optimizer, train_split, callbacks, torch_load_kwargs, **kwargs
         skorch parameters. ``module`` is called as ``module(backbone=..., embedding_dim=...,
         n_clusters=..., **module__kwargs)``; ``criterion`` as ``criterion(patch_grid=...,
@@ -246,7 +194,8 @@ class LocalDiscriminationPretrainer(TorchEstimatorMixin, TransformerMixin, skorc
     """
 
     _parameter_constraints = {
-        "backbone": [StrOptions(set(BACKBONES) | set(LD_BACKBONES)), callable],
+        **PretrainerBase._parameter_constraints,
+        "backbone": [StrOptions(set(BACKBONES)), callable],
         "image_size": [Interval(Integral, 16, None, closed="left"), tuple, list, None],
         "embedding_dim": [Interval(Integral, 1, None, closed="left")],
         "n_clusters": [Interval(Integral, 2, None, closed="left")],
@@ -257,22 +206,11 @@ class LocalDiscriminationPretrainer(TorchEstimatorMixin, TransformerMixin, skorc
         "entropy_weight": [Interval(Real, 0, None, closed="left")],
         "mixup_weight": [Interval(Real, 0, None, closed="left")],
         "stage1_epochs": [Interval(Integral, 0, None, closed="left")],
-        "batch_size": [Interval(Integral, 2, None, closed="left")],
-        "max_epochs": [Interval(Integral, 0, None, closed="left")],
-        "lr": [Interval(Real, 0, None, closed="neither")],
-        "weight_decay": [Interval(Real, 0, None, closed="left")],
-        "augment": ["boolean", dict, nn.Module],
         "view_augment": ["boolean", dict, nn.Module],
         "dihedral": ["boolean"],
         "transform_output": [StrOptions({"encoder", "embedding"})],
-        "patience": [Interval(Integral, 1, None, closed="left"), None],
-        "checkpoint_dir": [str, os.PathLike, None],
-        "precision": [StrOptions({"auto", "float32", "bfloat16", "float16"})],
-        "num_workers": [Interval(Integral, 0, None, closed="left")],
-        "random_state": ["random_state"],
-        "verbose": ["verbose"],
     }
-
+    _loss_terms = ("pd_loss", "mixup_loss", "ld_loss", "entropy_loss")
     cuda_dependent_attributes_ = ["augment_", "view_augment_"]
 
     def __init__(
@@ -313,21 +251,14 @@ class LocalDiscriminationPretrainer(TorchEstimatorMixin, TransformerMixin, skorc
         **kwargs,
     ):
         super().__init__(
-            module,
-            criterion,
-            optimizer=optimizer,
-            lr=lr,
-            max_epochs=max_epochs,
-            batch_size=batch_size,
-            train_split=train_split,
+            module, criterion, backbone=backbone, image_size=image_size, max_epochs=max_epochs, lr=lr,
+            weight_decay=weight_decay, batch_size=batch_size, augment=augment, patience=patience,
+            checkpoint_dir=checkpoint_dir, device=device, precision=precision, num_workers=num_workers,
+            random_state=random_state, verbose=verbose, optimizer=optimizer, train_split=train_split,
             callbacks=callbacks,
-            verbose=verbose,
-            device=device,
             torch_load_kwargs={"weights_only": False} if torch_load_kwargs is None else torch_load_kwargs,
             **kwargs,
         )
-        self.backbone = backbone
-        self.image_size = image_size
         self.embedding_dim = embedding_dim
         self.n_clusters = n_clusters
         self.patch_grid = patch_grid
@@ -337,29 +268,13 @@ class LocalDiscriminationPretrainer(TorchEstimatorMixin, TransformerMixin, skorc
         self.entropy_weight = entropy_weight
         self.mixup_weight = mixup_weight
         self.stage1_epochs = stage1_epochs
-        self.weight_decay = weight_decay
-        self.augment = augment
         self.view_augment = view_augment
         self.dihedral = dihedral
         self.transform_output = transform_output
-        self.patience = patience
-        self.checkpoint_dir = checkpoint_dir
-        self.precision = precision
-        self.num_workers = num_workers
-        self.random_state = random_state
-
-    def __setattr__(self, name, value):
-        # Hyper-parameters may hold nn.Module objects (backbone, augment): plain values, not
-        # components for skorch to register.
-        if name in type(self)._parameter_constraints:
-            object.__setattr__(self, name, value)
-        else:
-            super().__setattr__(name, value)
 
     # ------------------------------------------------------------------ validation
-    def _validate_hyperparameters(self):
-        params = {name: getattr(self, name) for name in self._parameter_constraints}
-        validate_parameter_constraints(self._parameter_constraints, params, caller_name=type(self).__name__)
+    def _validate_hyperparams(self):
+        super()._validate_hyperparams()
         if self.image_size is not None:
             size = _as_size(self.image_size)
             if len(size) != 2 or min(size) < 16:
@@ -367,90 +282,14 @@ class LocalDiscriminationPretrainer(TorchEstimatorMixin, TransformerMixin, skorc
                                  f"got {self.image_size!r}.")
             if min(size) < self.patch_grid:
                 raise ValueError(f"patch_grid={self.patch_grid} is larger than image_size={self.image_size!r}.")
-        if isinstance(self.backbone, type) and not issubclass(self.backbone, nn.Module):
-            raise TypeError(f"backbone must be a name, an nn.Module subclass or instance, got the class "
-                            f"{self.backbone.__name__}.")
-        if not isinstance(self.backbone, (str, type, nn.Module)):
-            raise TypeError(f"backbone must be a name in {sorted(set(BACKBONES) | set(LD_BACKBONES))}, an nn.Module "
-                            f"subclass or instance, got {type(self.backbone).__name__}.")
-        resolve_device(self.device)
 
-    def _validate_data(self, X, masks=None, *, fitting: bool):
-        images, _, _ = self._check_inputs(X, masks if fitting else None)
-        n = len(images)
-        if isinstance(images, list):
-            if self.image_size is None:
-                raise ValueError("image_size=None needs array input; with file paths give image_size so every "
-                                 "image is read at the same size.")
-            size = _as_size(self.image_size)
-        else:
-            have = tuple(images.shape[1:])
-            size = have if self.image_size is None else _as_size(self.image_size)
-            if fitting and (have[0] < size[0] or have[1] < size[1]):
-                raise ValueError(
-                    f"X images are {have[0]}x{have[1]} but image_size={self.image_size!r} asks for "
-                    f"{size[0]}x{size[1]}: images smaller than that would be upsampled. "
-                    f"Use image_size <= {min(have)} or larger images."
-                )
-            if fitting and min(size) < max(16, self.patch_grid):
-                raise ValueError(f"X images are {have[0]}x{have[1]}; local discrimination needs at least "
-                                 f"{max(16, self.patch_grid)} pixels per side (16, and patch_grid={self.patch_grid}); "
-                                 "image_size=None keeps the images' size.")
-        if fitting and self.batch_size > n:
-            raise ValueError(f"batch_size={self.batch_size} is larger than the number of images ({n}); "
-                             "contrastive training needs full batches, so use batch_size <= n_samples.")
-        return images, size
-
-    # ------------------------------------------------------------------ fit
-    def fit(self, X, y=None, masks=None, **fit_params):
-        """Train with local discrimination on the images ``X`` (no labels, no masks used).
-
-        Parameters
-        ----------
-        X : array-like of shape (n, H, W), (n, 1, H, W) or (n, H, W, 1), or sequence of paths
-        y : ignored
-        masks : ignored
-            Accepted so the pre-trainer can sit in a Pipeline in front of a mask-guided classifier.
-        **fit_params
-            Passed to skorch's ``fit``.
-
-        Returns
-        -------
-        self : LocalDiscriminationPretrainer
-        """
-        self._validate_hyperparameters()
-        images, size = self._validate_data(X, masks, fitting=True)
-        self.input_size_ = size
-        super().fit(XRayDataset(images, image_size=size), None, **fit_params)
-        return self
-
-    def partial_fit(self, X, y=None, classes=None, masks=None, **fit_params):
-        """Train for ``max_epochs`` more epochs (stages follow the history), initialising if needed.
-
-        Returns
-        -------
-        self : LocalDiscriminationPretrainer
-        """
-        if not isinstance(X, torch.utils.data.Dataset):
-            self._validate_hyperparameters()
-            images, size = self._validate_data(X, masks, fitting=True)
-            if getattr(self, "initialized_", False) and tuple(size) != tuple(getattr(self, "input_size_", size)):
-                raise ValueError(f"partial_fit images are used at {size}, the model was trained at {self.input_size_}.")
-            X = XRayDataset(images, image_size=size)
-            self.input_size_ = size
-        return super().partial_fit(X, None, **fit_params)
-
-    def fit_loop(self, X, y=None, epochs=None, **fit_params):
-        if epochs is None:
-            epochs = remaining_epochs(self)
-        return super().fit_loop(X, y, epochs=epochs, **fit_params)
+    def _check_size(self, have, size, fitting):
+        if fitting and min(size) < max(16, self.patch_grid):
+            raise ValueError(f"X images are {have[0]}x{have[1]}; local discrimination needs at least "
+                             f"{max(16, self.patch_grid)} pixels per side (16, and patch_grid={self.patch_grid}); "
+                             "image_size=None keeps the images' size.")
 
     # ------------------------------------------------------------------ outputs
-    def _dataset(self, X):
-        check_is_fitted(self, "module_")
-        images, _ = self._validate_data(X, fitting=False)
-        return XRayDataset(images, image_size=self.input_size_)
-
     def _run(self, X, output):
         dataset = self._dataset(X)
         vars(self)["_output"] = output
@@ -505,25 +344,14 @@ class LocalDiscriminationPretrainer(TorchEstimatorMixin, TransformerMixin, skorc
         maps = [a.argmax(1).cpu() for _, a in self._run(X, "dense")]
         return torch.cat(maps).numpy().astype(np.int64)
 
-    def get_feature_names_out(self, input_features=None):
-        """``embedding0``, ``embedding1``, ... (``embedding_dim_`` names)."""
-        check_is_fitted(self, "module_")
-        return np.asarray([f"embedding{i}" for i in range(self.embedding_dim_)], dtype=object)
-
-    @property
-    def encoder_(self):
-        check_is_fitted(self, "module_")
-        return self.module_.encoder
-
     # ------------------------------------------------------------------ skorch hooks
-    def get_default_callbacks(self):
-        extra = default_callbacks(patience=None, checkpoint_dir=self.checkpoint_dir, monitor="train_loss")
+    def training_callbacks(self):
+        callbacks = default_callbacks(patience=None, checkpoint_dir=self.checkpoint_dir, monitor="train_loss")
         if self.patience is not None:
             stop = _Stage2EarlyStopping(stage1_epochs=self.stage1_epochs, monitor="train_loss",
                                         patience=int(self.patience), threshold=1e-4, lower_is_better=True)
-            extra.insert(1, ("early_stopping", stop))
-        terms = [(name, PassthroughScoring(name=name, on_train=True)) for name in _LOSS_TERMS]
-        return super().get_default_callbacks() + terms + extra
+            callbacks.insert(1, ("early_stopping", stop))
+        return callbacks
 
     def initialize_module(self):
         kwargs = self.get_params_for("module")
@@ -544,23 +372,11 @@ class LocalDiscriminationPretrainer(TorchEstimatorMixin, TransformerMixin, skorc
         self.criterion_ = self.criterion(**kwargs)
         return self
 
-    def get_params_for_optimizer(self, prefix, named_parameters):
-        args, kwargs = super().get_params_for_optimizer(prefix, named_parameters)
-        if prefix == "optimizer":
-            kwargs.setdefault("weight_decay", self.weight_decay)
-        return args, kwargs
-
-    def initialize(self):
-        super().initialize()
+    def _build_augmenters(self):
         size = getattr(self, "input_size_", None) or _as_size(self.image_size)
         shared = {"output_size": tuple(size), "intensity": False} if size is not None else {"intensity": False}
-        vars(self)["augment_"] = build_augment(self.augment, shared, name="augment").to(self.device_)
-        vars(self)["view_augment_"] = build_augment(self.view_augment, VIEW_AUGMENT_DEFAULTS,
-                                                    name="view_augment").to(self.device_)
-        return self
-
-    def get_iterator(self, dataset, training=False):
-        return self._unlabelled_iterator(dataset, training)
+        return {"augment_": build_augment(self.augment, shared, name="augment"),
+                "view_augment_": build_augment(self.view_augment, VIEW_AUGMENT_DEFAULTS, name="view_augment")}
 
     # ------------------------------------------------------------------ steps
     def _training_inputs(self, x: torch.Tensor) -> dict:
@@ -598,26 +414,9 @@ class LocalDiscriminationPretrainer(TorchEstimatorMixin, TransformerMixin, skorc
     def get_loss(self, y_pred, y_true, X=None, training=False):
         self.criterion_.stage = self._stage()
         total, terms = self.criterion_(y_pred)
-        if training:
-            for name, value in terms.items():
-                self.history.record_batch(name, float(value))
+        self._record_terms(terms, training)
         return total
 
     def validation_step(self, batch, **fit_params):
         """The LD loss of views of held-out images, module in eval mode."""
-        self._set_training(False)
-        Xi, yi = skorch.dataset.unpack_data(batch)
-        with torch.no_grad():
-            inputs = self._training_inputs(self._to_device(Xi)["x"])
-            with autocast(self.device_, self.amp_dtype_):
-                y_pred = self.module_(**inputs)
-            loss = self.get_loss(y_pred, yi, X=Xi, training=False)
-        return {"loss": loss, "y_pred": y_pred}
-
-    def __sklearn_tags__(self):
-        tags = super().__sklearn_tags__()
-        tags.input_tags.two_d_array = False
-        tags.input_tags.three_d_array = True
-        tags.target_tags.required = False
-        tags.non_deterministic = True
-        return tags
+        return self._validation_step_with(self._training_inputs, batch)

@@ -11,49 +11,27 @@ lesion features and away from background features. Prediction needs no mask.
 from __future__ import annotations
 
 import copy
-import inspect
 import warnings
 from numbers import Integral, Real
 
 import numpy as np
 import torch
-from sklearn.utils import TransformerTags
-from sklearn.utils._param_validation import Interval, StrOptions, validate_parameter_constraints
-from sklearn.utils.validation import check_is_fitted
 from skorch import NeuralNetClassifier
-from skorch.callbacks import LRScheduler, PassthroughScoring, PrintLog
 from torch import nn
-from torch.optim.lr_scheduler import CosineAnnealingLR
 
+from .._compat import Interval, StrOptions
 from ..data.augment import tta_view
-from ..data.dataset import XRayDataset
 from ..losses.attention import LesionContrastiveLoss, MaskAttentionLoss, make_alignment_loss
-from ..losses.class_balanced import ClassBalancedLoss, init_last_layer_bias
+from ..losses.class_balanced import ClassBalancedLoss
 from ..nn.attention import MaskAttentionNet
-from ..nn.backbones import build_backbone
-from ..utils.validation import check_images
-from ._torch import TorchEstimatorMixin
-from .callbacks import WarmupCosineLR, default_callbacks, remaining_epochs
+from ..nn.optim import init_last_layer_bias
+from .base import TorchClassifierBase, TorchEstimatorBase, fill_doc
 
 __all__ = ["MaskAttentionClassifier"]
 
-_LOSS_TERMS = ("cls_loss", "align_loss", "contrast_loss")
 
-
-class _WeightedDataset(XRayDataset):
-    """XRayDataset whose inputs also carry ``"sample_weight"`` (float32 scalar per sample)."""
-
-    def __init__(self, *args, sample_weight=None, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.sample_weight = torch.as_tensor(np.asarray(sample_weight, dtype=np.float32))
-
-    def __getitem__(self, i):
-        inputs, y = super().__getitem__(i)
-        inputs["sample_weight"] = self.sample_weight[i]
-        return inputs, y
-
-
-class MaskAttentionClassifier(TorchEstimatorMixin, NeuralNetClassifier):
+@fill_doc
+class MaskAttentionClassifier(TorchClassifierBase, NeuralNetClassifier):
     """Chest X-ray classifier whose attention is guided by partial lesion masks.
 
     Network: backbone feature map ``F`` -> attention branch -> map ``A`` in [0, 1] over the feature
@@ -76,19 +54,10 @@ class MaskAttentionClassifier(TorchEstimatorMixin, NeuralNetClassifier):
 
     Parameters
     ----------
-    backbone : str, nn.Module subclass or instance, default="resnet18"
-        See :func:`dp_sklearn.nn.backbones.build_backbone` (``"resnet10t"`` is the small CPU
-        variant). An instance is deep-copied at ``fit`` (the parameter is never trained in place).
-    image_size : int, (int, int) or None, default=224
-        Size the images (and masks) are resized to; None keeps the input size.
-    encoder : fitted ContrastivePretrainer, nn.Module or None, default=None
-        Warm start: the backbone starts from the pretrainer's ``encoder_`` (or this module's)
-        ``state_dict``; a structure that does not match the backbone raises ``ValueError``. The
-        encoder itself is not modified. Note that ``sklearn.base.clone`` un-fits an estimator
-        parameter, so pass ``pretrainer.encoder_`` when the classifier will be cloned (e.g. in
-        ``cross_validate``).
-    backbone_kwargs : dict or None, default=None
-        Extra constructor arguments of a named backbone, e.g. ``{"stem_stride": 1}``.
+    {backbone}
+    {image_size}
+    {encoder}
+    {backbone_kwargs}
     attention_weight : float >= 0, default=5.0
         Weight of the alignment loss; ``0`` switches mask-guided attention off altogether (no
         hard attention, no alignment). On cxr1k, weight 1 left held-out attention at about 2x
@@ -109,7 +78,7 @@ class MaskAttentionClassifier(TorchEstimatorMixin, NeuralNetClassifier):
     label_smoothing : float in [0, 1), default=0.1
         Label smoothing of the classification loss: the target is ``0.9 * onehot + 0.1 / C``, so
         a short fit on a few hundred images is not pushed to over-confident logits.
-    tta : int >= 0, default=4
+    tta : int in [0, 8], default=4
         Test-time augmentation: ``predict_proba`` averages the probabilities of the image and of
         ``tta`` fixed, mildly shifted and zoomed views of it (:func:`dp_sklearn.data.augment.tta_view`),
         one pass over ``X`` per view; 0 switches it off. Attention maps and ``transform`` always use
@@ -138,12 +107,15 @@ class MaskAttentionClassifier(TorchEstimatorMixin, NeuralNetClassifier):
         Output size of the projection head of the contrastive regulation.
     dropout : float in [0, 1), default=0.0
         Dropout on the pooled features.
-    max_epochs, lr, batch_size : int, float, int
-        Training length, AdamW learning rate and batch size.
-    weight_decay : float >= 0, default=1e-4
-        Decoupled weight decay of the optimizer (when it takes one; overridden by
-        ``optimizer__weight_decay``), applied to weight matrices and kernels only: norm weights
-        and biases get none.
+    max_epochs : int, default=20
+        Training epochs (560 optimizer steps for 900 images at batch 32).
+    lr : float >= 0, default=3e-3
+        Peak learning rate of the optimizer (AdamW by default).
+    weight_decay : float >= 0, default=0.05
+        Decoupled weight decay of the optimizer, when it takes one (``optimizer__weight_decay``
+        overrides it), on kernels and weight matrices only: norm weights and biases get none.
+    batch_size : int, default=32
+        Images per batch.
     lr_schedule : {"warmup_cosine", "cosine", "constant"}, default="warmup_cosine"
         ``"warmup_cosine"``: set before every optimizer step, the learning rate rises linearly
         from 0 to ``lr`` over the first ``warmup`` share of all steps, then follows a half
@@ -154,26 +126,25 @@ class MaskAttentionClassifier(TorchEstimatorMixin, NeuralNetClassifier):
     warmup : float in [0, 1), default=0.1
         Share of the training steps spent warming up (``lr_schedule="warmup_cosine"`` only).
     augment : bool, dict or nn.Module, default=True
-        Training-time augmentation on the device, applied to images and masks together:
-        ``True`` -> :class:`dp_sklearn.data.augment.RadiographAugment` defaults, a dict -> its
-        keyword arguments, a module -> called as ``module(images, masks)``; ``False`` -> none.
+        Training-time augmentation on the device, applied to images and masks together.
+        ``True``: :class:`dp_sklearn.data.augment.RadiographAugment` with the classifier's mild
+        geometry (crop of 85-100 % of the area, rotation, shift and zoom at their defaults) and no
+        intensity changes, which beat RadiographAugment's strong defaults on cxr1k (see
+        docs/method.md); a dict -> RadiographAugment's keyword arguments (on top of those), a
+        module -> called as ``module(images, masks)``; ``False`` -> none.
     patience : int or None, default=None
         Early stopping on ``train_loss``.
-    checkpoint_dir : str or None, default=None
-        Save module/optimizer/history after every epoch and resume from there on the next fit.
+    {checkpoint_dir}
     empty_mask_means : {"unannotated", "no_lesion"}, default="unannotated"
         Whether an all-zero mask means "not annotated" (default; the image stays out of the mask
         terms) or "annotated, no lesion". Note that a "no lesion" mask empties ``A * M`` and has
         no lesion feature, so such images still take no part in the mask terms (the network
         cannot learn from an empty lesion); the option only affects validation and warnings.
-    device : {"auto", "cpu", "cuda"}, default="auto"
-    precision : {"auto", "float32", "bfloat16", "float16"}, default="auto"
-        ``"auto"``: bfloat16 autocast on CUDA, float32 on CPU.
-    num_workers : int, default=0
-        DataLoader worker processes.
-    random_state : int, RandomState or None, default=None
-        Seeds initialisation, shuffling, dropout and augmentation (repeatable on one device).
-    verbose : int, default=1
+    {device}
+    {precision}
+    {num_workers}
+    {random_state}
+    {verbose}
     module, criterion, optimizer, train_split, torch_load_kwargs, **kwargs
         skorch parameters. ``criterion`` is built with ``(classification, alignment, contrastive,
         attention_weight, contrastive_weight)``; ``train_split=None`` trains on all data; the
@@ -207,7 +178,7 @@ class MaskAttentionClassifier(TorchEstimatorMixin, NeuralNetClassifier):
     """
 
     _parameter_constraints = {
-        "image_size": [Interval(Integral, 8, None, closed="left"), tuple, list, None],
+        **TorchEstimatorBase._parameter_constraints,
         "backbone_kwargs": [dict, None],
         "attention_weight": [Interval(Real, 0, None, closed="left")],
         "contrastive_weight": [Interval(Real, 0, None, closed="left")],
@@ -215,8 +186,6 @@ class MaskAttentionClassifier(TorchEstimatorMixin, NeuralNetClassifier):
         "class_balance_beta": [Interval(Real, 0, 1, closed="left")],
         "loss_type": [StrOptions({"softmax", "sigmoid", "focal"})],
         "focal_gamma": [Interval(Real, 0, None, closed="left")],
-        "label_smoothing": [Interval(Real, 0, 1, closed="left")],
-        "tta": [Interval(Integral, 0, None, closed="left")],
         "hard_attention": [StrOptions({"multiply", "replace"})],
         "alignment_loss": [StrOptions({"dice", "bce", "bce+dice"}), nn.Module],
         "pooling": [StrOptions({"attention", "avg", "attention+avg"})],
@@ -224,23 +193,22 @@ class MaskAttentionClassifier(TorchEstimatorMixin, NeuralNetClassifier):
         "attention_grad_scale": [Interval(Real, 0, 1, closed="both")],
         "projection_dim": [Interval(Integral, 1, None, closed="left")],
         "dropout": [Interval(Real, 0, 1, closed="left")],
-        "weight_decay": [Interval(Real, 0, None, closed="left")],
         "lr_schedule": [StrOptions({"warmup_cosine", "cosine", "constant"})],
         "warmup": [Interval(Real, 0, 1, closed="left")],
-        "augment": ["boolean", dict, nn.Module],
-        "patience": [Interval(Integral, 1, None, closed="left"), None],
+        "label_smoothing": [Interval(Real, 0, 1, closed="left")],
+        "tta": [Interval(Integral, 0, 8, closed="both")],
         "empty_mask_means": [StrOptions({"unannotated", "no_lesion"})],
-        "num_workers": [Interval(Integral, 0, None, closed="left")],
     }
+    _loss_terms = ("cls_loss", "align_loss", "contrast_loss")
+    _fitted_attributes = ("class_counts_", "n_classes_", "n_masks_")
 
-    # Parameters that may hold nn.Module instances: skorch would otherwise try to register them
-    # as fitted components (and refuse them outside ``initialize``).
-    _PLAIN_ATTRIBUTES = frozenset({"backbone", "encoder", "augment", "alignment_loss"})
+    #: What ``augment=True`` means for the classifier: mild geometry, no intensity changes.
+    _augment_defaults = {"crop_scale": (0.85, 1.0), "intensity": False}
 
     def __init__(
         self,
-        backbone="resnet18",
-        image_size=224,
+        backbone="vgg_compact",
+        image_size=64,
         *,
         encoder=None,
         backbone_kwargs=None,
@@ -259,9 +227,9 @@ class MaskAttentionClassifier(TorchEstimatorMixin, NeuralNetClassifier):
         attention_grad_scale=0.2,
         projection_dim=128,
         dropout=0.0,
-        max_epochs=30,
-        lr=1e-3,
-        weight_decay=1e-4,
+        max_epochs=20,
+        lr=3e-3,
+        weight_decay=0.05,
         lr_schedule="warmup_cosine",
         warmup=0.1,
         batch_size=32,
@@ -283,20 +251,12 @@ class MaskAttentionClassifier(TorchEstimatorMixin, NeuralNetClassifier):
     ):
         kwargs.setdefault("iterator_train__shuffle", True)
         super().__init__(
-            module,
-            criterion=criterion,
-            optimizer=optimizer,
-            lr=lr,
-            max_epochs=max_epochs,
-            batch_size=batch_size,
-            train_split=train_split,
-            verbose=verbose,
-            device=device,
-            torch_load_kwargs=torch_load_kwargs,
-            **kwargs,
+            module, criterion, backbone=backbone, image_size=image_size, max_epochs=max_epochs, lr=lr,
+            weight_decay=weight_decay, batch_size=batch_size, augment=augment, patience=patience,
+            checkpoint_dir=checkpoint_dir, device=device, precision=precision, num_workers=num_workers,
+            random_state=random_state, verbose=verbose, optimizer=optimizer, train_split=train_split,
+            torch_load_kwargs=torch_load_kwargs, **kwargs,
         )
-        self.backbone = backbone
-        self.image_size = image_size
         self.encoder = encoder
         self.backbone_kwargs = backbone_kwargs
         self.attention_weight = attention_weight
@@ -314,95 +274,18 @@ class MaskAttentionClassifier(TorchEstimatorMixin, NeuralNetClassifier):
         self.attention_grad_scale = attention_grad_scale
         self.projection_dim = projection_dim
         self.dropout = dropout
-        self.weight_decay = weight_decay
         self.lr_schedule = lr_schedule
         self.warmup = warmup
-        self.augment = augment
-        self.patience = patience
-        self.checkpoint_dir = checkpoint_dir
         self.empty_mask_means = empty_mask_means
-        self.precision = precision
-        self.num_workers = num_workers
-        self.random_state = random_state
-
-    def __setattr__(self, name, attr):
-        if name in self._PLAIN_ATTRIBUTES:
-            object.__setattr__(self, name, attr)
-            return
-        super().__setattr__(name, attr)
-
-    # ------------------------------------------------------------------ callbacks
-    @property
-    def _default_callbacks(self):
-        base = [(name, cb) for name, cb in super()._default_callbacks if name != "print_log"]
-        terms = [(name, PassthroughScoring(name=name, on_train=True)) for name in _LOSS_TERMS]
-        extra = default_callbacks(
-            patience=getattr(self, "patience", None), checkpoint_dir=getattr(self, "checkpoint_dir", None)
-        )
-        schedule = []
-        # After "resume", so that a resumed fit's schedule starts from the restored history.
-        if getattr(self, "lr_schedule", "constant") == "warmup_cosine":
-            schedule = [("lr_scheduler", WarmupCosineLR(warmup=self.warmup))]
-        elif getattr(self, "lr_schedule", "constant") == "cosine":
-            schedule = [("lr_scheduler", LRScheduler(policy=CosineAnnealingLR, T_max=self.max_epochs))]
-        return base + terms + extra + schedule + [("print_log", PrintLog())]
-
-    def fit_loop(self, X, y=None, epochs=None, **fit_params):
-        if epochs is None:
-            epochs = remaining_epochs(self)
-        return super().fit_loop(X, y, epochs=epochs, **fit_params)
-
-    # ------------------------------------------------------------------ validation
-    def _validate_hyperparams(self):
-        params = {key: getattr(self, key) for key in self._parameter_constraints}
-        validate_parameter_constraints(self._parameter_constraints, params, caller_name=type(self).__name__)
-        if self.image_size is not None and not np.isscalar(self.image_size):
-            size = tuple(self.image_size)
-            if len(size) != 2 or any(not isinstance(s, Integral) or s < 8 for s in size):
-                raise ValueError(f"image_size must be an int >= 8, a (height, width) pair or None, got {self.image_size!r}.")
 
     # ------------------------------------------------------------------ building
     def _mask_terms_on(self):
         return self.attention_weight > 0 or self.contrastive_weight > 0
 
-    def _load_encoder(self, backbone):
-        enc = self.encoder
-        if enc is None:
-            return
-        source = enc
-        if not isinstance(enc, nn.Module):
-            source = getattr(enc, "encoder_", None)
-            if source is None:
-                if hasattr(enc, "fit"):
-                    raise ValueError(
-                        f"encoder is an unfitted {type(enc).__name__}: fit it first, or pass its fitted "
-                        "`encoder_` module (sklearn's clone un-fits estimator parameters)."
-                    )
-                raise TypeError(
-                    "encoder must be a fitted ContrastivePretrainer, an nn.Module or None, "
-                    f"got {type(enc).__name__}."
-                )
-        if not isinstance(source, nn.Module):
-            raise TypeError(f"encoder.encoder_ must be an nn.Module, got {type(source).__name__}.")
-        state = {k: v.detach().clone() for k, v in source.state_dict().items()}
-        try:
-            backbone.load_state_dict(state)
-        except RuntimeError as exc:
-            raise ValueError(
-                f"the encoder's weights ({type(source).__name__}) do not fit the backbone {self.backbone!r}: "
-                "warm-start needs the same architecture (use the same `backbone`, `backbone_kwargs` as the "
-                f"pretrainer). torch said: {str(exc).splitlines()[0]}"
-            ) from exc
-
     def initialize_module(self):
         n_classes = getattr(self, "n_classes_", None)
         if n_classes is None:
             raise ValueError(f"{type(self).__name__} is initialised by fit(X, y); the number of classes comes from y.")
-        backbone = self.backbone
-        if isinstance(backbone, nn.Module):
-            backbone = copy.deepcopy(backbone)
-        backbone = build_backbone(backbone, in_channels=1, **(self.backbone_kwargs or {}))
-        self._load_encoder(backbone)
         kwargs = dict(
             hard_attention=self.hard_attention if self.attention_weight > 0 else "none",
             pooling=self.pooling,
@@ -413,11 +296,10 @@ class MaskAttentionClassifier(TorchEstimatorMixin, NeuralNetClassifier):
             projection_dim=self.projection_dim if self.contrastive_weight > 0 else None,
         )
         kwargs.update(self.get_params_for("module"))
-        module = self.module(backbone=backbone, n_classes=n_classes, **kwargs)
+        module = self.module(backbone=self._build_backbone(), n_classes=n_classes, **kwargs)
         if self.loss_type != "softmax" and isinstance(getattr(module, "classifier", None), nn.Linear):
             init_last_layer_bias(module.classifier, self.loss_type)
         self.module_ = module
-        self.augmenter_ = self._build_augmenter()
         return self
 
     def initialize_criterion(self):
@@ -443,106 +325,25 @@ class MaskAttentionClassifier(TorchEstimatorMixin, NeuralNetClassifier):
         self.criterion_ = self.criterion(**kwargs)
         return self
 
-    def get_params_for_optimizer(self, prefix, named_parameters):
-        args, kwargs = super().get_params_for_optimizer(prefix, named_parameters)
-        if prefix != "optimizer":
-            return args, kwargs
-        try:
-            accepts_decay = "weight_decay" in inspect.signature(self.optimizer).parameters
-        except (TypeError, ValueError):
-            accepts_decay = False
-        if not accepts_decay:
-            return args, kwargs
-        kwargs.setdefault("weight_decay", self.weight_decay)
-        # Norm weights and biases (every 1-D parameter) get no weight decay: decaying a
-        # BatchNorm scale only fights the next layer, and the prior-initialised last-layer
-        # bias of the sigmoid/focal losses must keep its prior (Cui et al.).
-        groups = []
-        for group in args[0]:
-            matrices = [p for p in group["params"] if p.ndim > 1]
-            vectors = [p for p in group["params"] if p.ndim <= 1]
-            if matrices:
-                groups.append({**group, "params": matrices})
-            if vectors:
-                groups.append({**group, "params": vectors, "weight_decay": 0.0})
-        return (groups,), kwargs
-
     # ------------------------------------------------------------------ fit
-    def fit(self, X, y, masks=None, sample_weight=None):
-        """Fit on images ``X``, labels ``y`` and optional, partial lesion ``masks``.
-
-        Parameters
-        ----------
-        X : array-like (n, H, W) / (n, 1, H, W) / (n, H, W, 1), or sequence of paths
-        y : array-like of shape (n,)
-            Class labels (any labels; ``predict`` returns them).
-        masks : None, array-like (n, H, W), list with ``None`` entries, or list of mask paths
-            Radiologist lesion masks: values in {0, 1}, {0, 255} or bool, the images' size. An
-            all-zero mask means "not annotated" (see ``empty_mask_means``). Used for training only.
-        sample_weight : array-like of shape (n,), optional
-            Non-negative weights multiplying each sample's classification loss (the mask terms are
-            unweighted; class-balanced weights still come from the unweighted class counts).
-
-        Returns
-        -------
-        self
-
-        Raises
-        ------
-        ValueError
-            Mismatched lengths or mask shapes, masks with values other than 0/1/255/bool, a single
-            class in ``y``, invalid hyper-parameters. Nothing is fitted when it raises.
-        """
-        self._validate_hyperparams()
-        images, masks_arr, available = self._check_inputs(X, masks)
-        n = len(images)
-        classes, y_enc = self._encode_y(y, n)
-        if sample_weight is not None:
-            sample_weight = np.asarray(sample_weight, dtype=np.float64)
-            if sample_weight.ndim != 1 or len(sample_weight) != n:
-                raise ValueError(f"sample_weight must have shape ({n},), got {sample_weight.shape}.")
-            if not np.all(np.isfinite(sample_weight)) or np.any(sample_weight < 0):
-                raise ValueError("sample_weight must be finite and non-negative.")
+    def _prepare_fit(self, images, y, masks, available, sample_weight, classes):
         if masks is not None and not available.any() and self._mask_terms_on():
             warnings.warn(
                 "masks were given but every mask is empty (an all-zero mask means 'not annotated'): "
                 "the mask terms (hard attention, alignment, contrastive regulation) are inactive.",
                 UserWarning,
-                stacklevel=2,
+                stacklevel=3,
             )
-        counts = np.bincount(y_enc, minlength=len(classes))
+        counts = np.bincount(y, minlength=len(classes))
         if self.class_balance_beta > 0 and np.any(counts == 0):
             missing = classes[counts == 0].tolist()
             raise ValueError(f"classes {missing} have no training sample; the class-balanced weights are undefined.")
-
         if not self._mask_terms_on():
-            masks_arr, available = None, np.zeros(n, dtype=bool)  # a plain CNN: masks are not read
-        if sample_weight is None:
-            dataset = self._make_dataset(images, y_enc, masks_arr, available)
-        else:
-            dataset = _WeightedDataset(
-                images, y=y_enc, masks=masks_arr, mask_available=available, image_size=self._image_size(),
-                sample_weight=sample_weight,
-            )
-        for name in ("fitted_classes_", "class_counts_", "n_classes_", "n_masks_"):
-            self.__dict__.pop(name, None)
+            masks, available = None, np.zeros(len(images), dtype=bool)  # a plain CNN: masks are not read
         self.n_classes_ = len(classes)
         self.class_counts_ = counts
-        super().fit(dataset, y_enc)
-        self.fitted_classes_ = classes
         self.n_masks_ = int(available.sum())
-        return self
-
-    def partial_fit(self, X, y=None, classes=None, **fit_params):
-        if not isinstance(X, torch.utils.data.Dataset):
-            raise TypeError("partial_fit is only used internally with a prepared dataset; call fit(X, y, masks=...).")
-        return super().partial_fit(X, y, classes=classes, **fit_params)
-
-    @property
-    def classes_(self):
-        if "fitted_classes_" not in self.__dict__:
-            raise AttributeError(f"{type(self).__name__} is not fitted yet: it has no classes_.")
-        return self.fitted_classes_
+        return self._make_dataset(images, y, masks, available, sample_weight=sample_weight)
 
     # ------------------------------------------------------------------ steps
     def prepare_batch(self, batch, training):
@@ -550,7 +351,7 @@ class MaskAttentionClassifier(TorchEstimatorMixin, NeuralNetClassifier):
         if not training:
             return {"x": tta_view(x, self._view_now)} if self._view_now else {"x": x}
         mask = batch.get("mask")
-        x, mask = self.augmenter_(x, mask)
+        x, mask = self.augment_(x, mask)
         out = {"x": x}
         if self._mask_terms_on() and mask is not None:
             out["mask"] = mask
@@ -559,34 +360,17 @@ class MaskAttentionClassifier(TorchEstimatorMixin, NeuralNetClassifier):
 
     def get_loss(self, y_pred, y_true, X=None, training=False):
         logits, aux = y_pred if isinstance(y_pred, tuple) else (y_pred, {})
-        y_true = y_true.to(logits.device, non_blocking=True) if isinstance(y_true, torch.Tensor) else torch.as_tensor(y_true, device=logits.device)
+        y_true = torch.as_tensor(y_true).to(logits.device, non_blocking=True)
         sample_weight = X.get("sample_weight") if isinstance(X, dict) else None
         if sample_weight is not None:
             sample_weight = sample_weight.to(logits.device)
         total, terms = self.criterion_(logits, aux, y_true, sample_weight=sample_weight)
-        if training:
-            for name, value in terms.items():
-                self.history.record_batch(name, float(value))
+        self._record_terms(terms, training)
         return total
 
     # ------------------------------------------------------------------ inference
-    def _predict_dataset(self, X):
-        check_is_fitted(self, "fitted_classes_")
-        images = check_images(X, min_samples=1)
-        return images, self._make_dataset(images)
-
     # The test-time view the forward passes apply (0: the image itself); set by predict_proba only.
     _view_now = 0
-
-    def _outputs(self, X, key=None):
-        images, dataset = self._predict_dataset(X)
-        logits, extra = [], []
-        for yp in self.forward_iter(dataset, training=False):
-            out, aux = yp if isinstance(yp, tuple) else (yp, {})
-            logits.append(out.float())
-            if key is not None:
-                extra.append(aux[key].float())
-        return images, torch.cat(logits), (torch.cat(extra) if key is not None else None)
 
     def _probabilities(self, logits):
         if self.loss_type == "softmax":
@@ -600,32 +384,18 @@ class MaskAttentionClassifier(TorchEstimatorMixin, NeuralNetClassifier):
         ``loss_type="softmax"``: softmax of the logits. ``"sigmoid"``/``"focal"``: the
         one-vs-all sigmoid scores, normalised to sum to 1 per image (they are trained as
         independent probabilities; the normalisation keeps ``predict_proba``'s contract).
+        With ``tta > 0``, the mean of these over the image and its test-time views.
         """
-        # One pass per test-time view, each with the batches of a plain pass, averaged.
-        proba = 0.0
-        views = 1 + int(getattr(self, "tta", 0))
-        for k in range(views):
+        dataset = self._predict_dataset(X)[1]
+        proba, views = 0.0, 1 + int(self.tta)
+        for k in range(views):  # one pass per view, with the batches of a plain pass
             self._view_now = k
             try:
-                _, logits, _ = self._outputs(X)
+                logits, _ = self._forward_outputs(dataset)
             finally:
                 del self._view_now
             proba = proba + self._probabilities(logits).double()
         return (proba / views).numpy().astype(np.float32)
-
-    def predict(self, X):
-        """Predicted labels ``(n,)`` (the original labels of ``y``)."""
-        return self.classes_[np.argmax(self.predict_proba(X), axis=1)]
-
-    def score(self, X, y, sample_weight=None):
-        """Accuracy on ``(X, y)``; labels not seen during ``fit`` raise ``ValueError``."""
-        check_is_fitted(self, "fitted_classes_")
-        unseen = np.setdiff1d(np.unique(np.asarray(y)), self.classes_)
-        if len(unseen):
-            raise ValueError(f"y contains labels not seen during fit: {unseen.tolist()}.")
-        from sklearn.metrics import accuracy_score
-
-        return accuracy_score(y, self.predict(X), sample_weight=sample_weight)
 
     def attention_maps(self, X):
         """Where the model looks: float32 ``(n, H, W)`` in [0, 1] at the input resolution.
@@ -634,7 +404,8 @@ class MaskAttentionClassifier(TorchEstimatorMixin, NeuralNetClassifier):
         bilinearly from the feature grid to the input images' size (to ``image_size`` for path
         input).
         """
-        images, _, att = self._outputs(X, "attention_logits")
+        images, dataset = self._predict_dataset(X)
+        att = self._forward_outputs(dataset, "attention_logits")[1]["attention_logits"]
         size = self._image_size() if isinstance(images, list) else images.shape[1:]
         if size is None:
             size = att.shape[-2:]
@@ -645,18 +416,5 @@ class MaskAttentionClassifier(TorchEstimatorMixin, NeuralNetClassifier):
     def transform(self, X):
         """The features the classifier head sees: ``pool(F * A)`` ``(n, C)``, ``[avg_pool(F), pool(F * A)]``
         ``(n, 2C)`` for ``pooling="attention+avg"``, uniform pooling ``(n, C)`` for ``"avg"``."""
-        _, _, feats = self._outputs(X, "features")
+        feats = self._forward_outputs(self._predict_dataset(X)[1], "features")[1]["features"]
         return feats.numpy().astype(np.float32)
-
-    def fit_transform(self, X, y, masks=None, sample_weight=None):
-        """Fit, then return the pooled features of ``X`` (see :meth:`transform`)."""
-        return self.fit(X, y, masks=masks, sample_weight=sample_weight).transform(X)
-
-    def __sklearn_tags__(self):
-        tags = super().__sklearn_tags__()
-        tags.input_tags.three_d_array = True
-        tags.input_tags.two_d_array = False
-        tags.non_deterministic = False
-        # transform() gives the pooled features, so scikit-learn's transformer checks apply too.
-        tags.transformer_tags = TransformerTags(preserves_dtype=["float32"])
-        return tags

@@ -13,113 +13,27 @@ Grad-CAM region. Prediction and localization need only the image branch.
 
 from __future__ import annotations
 
-import copy
-import inspect
 from numbers import Integral, Real
 
 import numpy as np
 import torch
-from sklearn.utils._param_validation import Interval, validate_parameter_constraints
 from sklearn.utils.validation import check_is_fitted
 from skorch import NeuralNetClassifier
-from skorch.callbacks import Callback, PassthroughScoring, PrintLog
+from skorch.callbacks import Callback
 from torch import nn
 
-from ..explain import GradCAM, cam_to_region
-from ..losses.class_balanced import ClassBalancedLoss, init_last_layer_bias
+from .._compat import Interval
+from ..explain import GradCAM, cam_to_region, masks_to_boxes
+from ..losses.class_balanced import ClassBalancedLoss
 from ..losses.contrastive import NTXentLoss
-from ..nn.backbones import build_backbone
-from ..nn.heads import ProjectionHead
+from ..losses.radiomics import RadiomicsContrastiveLoss
+from ..nn.optim import init_last_layer_bias
+from ..nn.radiomics import RadiomicsContrastiveNet
 from ..radiomics import FEATURE_NAMES, apply_minmax, fit_minmax, radiomic_features
-from ..utils.validation import check_images
-from ._torch import TorchEstimatorMixin
-from .callbacks import default_callbacks, remaining_epochs
+from .base import TorchClassifierBase, TorchEstimatorBase, fill_doc
 
-__all__ = ["RadiomicsContrastiveClassifier", "RadiomicsContrastiveNet", "RadiomicsFeedback"]
-
-_LOSS_TERMS = ("cls_loss", "contrast_loss")
-
-
-class RadiomicsContrastiveNet(nn.Module):
-    """Image branch (backbone -> average pool -> classifier, and a projection) and radiomics branch.
-
-    - image: ``F = backbone(x)`` ``(N, C, h, w)``; ``h = mean_hw(F)`` ``(N, C)``; logits
-      ``= Linear(h)``; ``z_image = ProjectionHead(C, C, D)(h)``;
-    - radiomics: ``r`` ``(N, R)`` (scaled radiomic features) -> MLP ``R -> 64 -> 128`` (ReLU
-      between, the authors' CNN version) -> ``z_radiomics = ProjectionHead(128, 128, D)``.
-
-    ``forward(x, radiomics=None)`` returns ``(logits, aux)`` with ``aux["features"]`` (``h``,
-    float32) and, when ``radiomics`` is given, ``aux["z_image"]`` and ``aux["z_radiomics"]``
-    ``(N, D)``. Grad-CAM looks at ``self.backbone`` (its output feature map).
-
-    Examples
-    --------
-    >>> import torch
-    >>> from dp_sklearn.nn.backbones import build_backbone
-    >>> net = RadiomicsContrastiveNet(build_backbone("resnet10t"), n_classes=3, n_radiomics=54)
-    >>> logits, aux = net(torch.rand(4, 1, 32, 32), radiomics=torch.rand(4, 54))
-    >>> logits.shape, aux["z_image"].shape, aux["z_radiomics"].shape
-    (torch.Size([4, 3]), torch.Size([4, 128]), torch.Size([4, 128]))
-    """
-
-    def __init__(self, backbone, n_classes, n_radiomics, radiomics_hidden=(64, 128), projection_dim=128,
-                 dropout=0.0):
-        super().__init__()
-        channels = getattr(backbone, "out_channels", None)
-        if not isinstance(channels, int) or channels < 1:
-            raise ValueError("backbone must have an integer `out_channels` (build it with build_backbone).")
-        self.backbone = backbone
-        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
-        self.classifier = nn.Linear(channels, n_classes)
-        self.image_projector = ProjectionHead(channels, channels, int(projection_dim), batch_norm=False)
-        layers, dim = [], int(n_radiomics)
-        hidden = tuple(int(h) for h in radiomics_hidden)
-        for k, width in enumerate(hidden):
-            layers.append(nn.Linear(dim, width))
-            if k < len(hidden) - 1:
-                layers.append(nn.ReLU(inplace=True))
-            dim = width
-        self.radiomics_encoder = nn.Sequential(*layers) if layers else nn.Identity()
-        self.radiomics_projector = ProjectionHead(dim, dim, int(projection_dim), batch_norm=False)
-        self.out_channels = channels
-        self.n_classes = n_classes
-
-    def forward(self, x, radiomics=None):
-        feats = self.backbone(x)
-        h = feats.float().mean(dim=(2, 3))
-        logits = self.classifier(self.dropout(h))
-        aux = {"features": h}
-        if radiomics is not None:
-            aux["z_image"] = self.image_projector(h)
-            aux["z_radiomics"] = self.radiomics_projector(self.radiomics_encoder(radiomics.to(h.dtype)))
-        return logits, aux
-
-
-class RadiomicsContrastiveLoss(nn.Module):
-    """``classification(logits, y) + contrastive_weight * NT-Xent(z_image, z_radiomics)``.
-
-    Returns ``(total, terms)``; the NT-Xent term is 0 when the batch has no radiomics or fewer
-    than 2 samples (no negatives).
-    """
-
-    def __init__(self, classification, contrastive, contrastive_weight=1.0):
-        super().__init__()
-        self.classification = classification
-        self.contrastive = contrastive
-        self.contrastive_weight = float(contrastive_weight)
-
-    def forward(self, logits, aux, y):
-        cls = self.classification(logits, y)
-        terms = {"cls_loss": cls.detach()}
-        total = cls
-        zi, zr = aux.get("z_image"), aux.get("z_radiomics")
-        if self.contrastive_weight > 0 and zi is not None and zr is not None and len(zi) >= 2:
-            con = self.contrastive(zi, zr)
-            total = total + self.contrastive_weight * con
-            terms["contrast_loss"] = con.detach()
-        else:
-            terms["contrast_loss"] = torch.zeros((), device=logits.device)
-        return total, terms
+# RadiomicsContrastiveNet and RadiomicsContrastiveLoss lived here before; re-exported from their old path.
+__all__ = ["RadiomicsContrastiveClassifier", "RadiomicsContrastiveLoss", "RadiomicsContrastiveNet", "RadiomicsFeedback"]
 
 
 class RadiomicsFeedback(Callback):
@@ -134,7 +48,8 @@ class RadiomicsFeedback(Callback):
             net.history.record("feedback", True)
 
 
-class RadiomicsContrastiveClassifier(TorchEstimatorMixin, NeuralNetClassifier):
+@fill_doc
+class RadiomicsContrastiveClassifier(TorchClassifierBase, NeuralNetClassifier):
     """Chest X-ray classifier with a radiomics encoder as a contrastive second view (Han et al.).
 
     Training, every batch: the image branch gives logits and a projection ``z_image``; the
@@ -155,10 +70,9 @@ class RadiomicsContrastiveClassifier(TorchEstimatorMixin, NeuralNetClassifier):
 
     Parameters
     ----------
-    backbone : str, nn.Module subclass or instance, default="resnet18"
-        See :func:`dp_sklearn.nn.backbones.build_backbone`; an instance is deep-copied at fit.
-    image_size : int, (int, int) or None, default=224
-    backbone_kwargs : dict or None
+    {backbone}
+    {image_size}
+    {backbone_kwargs}
     contrastive_weight : float >= 0, default=1.0
         Weight of the image-radiomics NT-Xent term; 0 trains the image branch alone (a focal-loss
         CNN; regions are then still computed, for ``train_boxes_``).
@@ -183,9 +97,21 @@ class RadiomicsContrastiveClassifier(TorchEstimatorMixin, NeuralNetClassifier):
     radiomics_levels : int >= 2, default=32
         Grey levels of the radiomics discretisation (fixed bins over [0, 1]).
     dropout : float in [0, 1), default=0.0
-    max_epochs, lr, batch_size, weight_decay, augment, patience, checkpoint_dir, device,
-    precision, num_workers, random_state, verbose :
-        As in :class:`~dp_sklearn.estimators.mask_attention.MaskAttentionClassifier`.
+    max_epochs : int, default=30
+        Training epochs.
+    {lr}
+    {weight_decay}
+    batch_size : int, default=32
+        Images per batch.
+    {augment}
+    patience : int or None, default=None
+        Early stopping on ``train_loss``.
+    {checkpoint_dir}
+    {device}
+    {precision}
+    {num_workers}
+    {random_state}
+    {verbose}
     module, criterion, optimizer, train_split, torch_load_kwargs, **kwargs
         skorch parameters (``train_split=None``: train on all data).
 
@@ -221,7 +147,7 @@ class RadiomicsContrastiveClassifier(TorchEstimatorMixin, NeuralNetClassifier):
     """
 
     _parameter_constraints = {
-        "image_size": [Interval(Integral, 8, None, closed="left"), tuple, list, None],
+        **TorchEstimatorBase._parameter_constraints,
         "backbone_kwargs": [dict, None],
         "contrastive_weight": [Interval(Real, 0, None, closed="left")],
         "temperature": [Interval(Real, 0, None, closed="neither")],
@@ -235,12 +161,9 @@ class RadiomicsContrastiveClassifier(TorchEstimatorMixin, NeuralNetClassifier):
         "cam_layer": [str, None],
         "radiomics_levels": [Interval(Integral, 2, None, closed="left")],
         "dropout": [Interval(Real, 0, 1, closed="left")],
-        "weight_decay": [Interval(Real, 0, None, closed="left")],
-        "augment": ["boolean", dict, nn.Module],
-        "patience": [Interval(Integral, 1, None, closed="left"), None],
-        "num_workers": [Interval(Integral, 0, None, closed="left")],
     }
-    _PLAIN_ATTRIBUTES = frozenset({"backbone", "augment"})
+    _loss_terms = ("cls_loss", "contrast_loss")
+    _fitted_attributes = ("n_classes_", "class_counts_", "n_masks_", "n_feedback_")
 
     def __init__(
         self,
@@ -281,20 +204,12 @@ class RadiomicsContrastiveClassifier(TorchEstimatorMixin, NeuralNetClassifier):
     ):
         kwargs.setdefault("iterator_train__shuffle", True)
         super().__init__(
-            module,
-            criterion=criterion,
-            optimizer=optimizer,
-            lr=lr,
-            max_epochs=max_epochs,
-            batch_size=batch_size,
-            train_split=train_split,
-            verbose=verbose,
-            device=device,
-            torch_load_kwargs=torch_load_kwargs,
-            **kwargs,
+            module, criterion, backbone=backbone, image_size=image_size, max_epochs=max_epochs, lr=lr,
+            weight_decay=weight_decay, batch_size=batch_size, augment=augment, patience=patience,
+            checkpoint_dir=checkpoint_dir, device=device, precision=precision, num_workers=num_workers,
+            random_state=random_state, verbose=verbose, optimizer=optimizer, train_split=train_split,
+            torch_load_kwargs=torch_load_kwargs, **kwargs,
         )
-        self.backbone = backbone
-        self.image_size = image_size
         self.backbone_kwargs = backbone_kwargs
         self.contrastive_weight = contrastive_weight
         self.temperature = temperature
@@ -308,43 +223,13 @@ class RadiomicsContrastiveClassifier(TorchEstimatorMixin, NeuralNetClassifier):
         self.cam_layer = cam_layer
         self.radiomics_levels = radiomics_levels
         self.dropout = dropout
-        self.weight_decay = weight_decay
-        self.augment = augment
-        self.patience = patience
-        self.checkpoint_dir = checkpoint_dir
-        self.precision = precision
-        self.num_workers = num_workers
-        self.random_state = random_state
 
-    def __setattr__(self, name, attr):
-        if name in self._PLAIN_ATTRIBUTES:
-            object.__setattr__(self, name, attr)
-            return
-        super().__setattr__(name, attr)
+    def get_default_callbacks(self):
+        # The regions are refreshed before anything else happens in an epoch.
+        return [("radiomics_feedback", RadiomicsFeedback())] + super().get_default_callbacks()
 
-    # ------------------------------------------------------------------ callbacks
-    @property
-    def _default_callbacks(self):
-        base = [(name, cb) for name, cb in super()._default_callbacks if name != "print_log"]
-        terms = [(name, PassthroughScoring(name=name, on_train=True)) for name in _LOSS_TERMS]
-        extra = default_callbacks(
-            patience=getattr(self, "patience", None), checkpoint_dir=getattr(self, "checkpoint_dir", None)
-        )
-        return [("radiomics_feedback", RadiomicsFeedback())] + base + terms + extra + [("print_log", PrintLog())]
-
-    def fit_loop(self, X, y=None, epochs=None, **fit_params):
-        if epochs is None:
-            epochs = remaining_epochs(self)
-        return super().fit_loop(X, y, epochs=epochs, **fit_params)
-
-    # ------------------------------------------------------------------ validation
     def _validate_hyperparams(self):
-        params = {key: getattr(self, key) for key in self._parameter_constraints}
-        validate_parameter_constraints(self._parameter_constraints, params, caller_name=type(self).__name__)
-        if self.image_size is not None and not np.isscalar(self.image_size):
-            size = tuple(self.image_size)
-            if len(size) != 2 or any(not isinstance(s, Integral) or s < 8 for s in size):
-                raise ValueError(f"image_size must be an int >= 8, a (height, width) pair or None, got {self.image_size!r}.")
+        super()._validate_hyperparams()
         hidden = tuple(self.radiomics_hidden)
         if any(not isinstance(h, Integral) or h < 1 for h in hidden):
             raise ValueError(f"radiomics_hidden must be a tuple of positive ints, got {self.radiomics_hidden!r}.")
@@ -354,18 +239,13 @@ class RadiomicsContrastiveClassifier(TorchEstimatorMixin, NeuralNetClassifier):
         n_classes = getattr(self, "n_classes_", None)
         if n_classes is None:
             raise ValueError(f"{type(self).__name__} is initialised by fit(X, y); the number of classes comes from y.")
-        backbone = self.backbone
-        if isinstance(backbone, nn.Module):
-            backbone = copy.deepcopy(backbone)
-        backbone = build_backbone(backbone, in_channels=1, **(self.backbone_kwargs or {}))
         kwargs = dict(n_radiomics=len(FEATURE_NAMES), radiomics_hidden=tuple(self.radiomics_hidden),
                       projection_dim=self.projection_dim, dropout=self.dropout)
         kwargs.update(self.get_params_for("module"))
-        module = self.module(backbone=backbone, n_classes=n_classes, **kwargs)
+        module = self.module(backbone=self._build_backbone(), n_classes=n_classes, **kwargs)
         if isinstance(getattr(module, "classifier", None), nn.Linear):
             init_last_layer_bias(module.classifier, "focal")
         self.module_ = module
-        self.augmenter_ = self._build_augmenter()
         return self
 
     def initialize_criterion(self):
@@ -379,76 +259,26 @@ class RadiomicsContrastiveClassifier(TorchEstimatorMixin, NeuralNetClassifier):
         self.criterion_ = self.criterion(**kwargs)
         return self
 
-    def get_params_for_optimizer(self, prefix, named_parameters):
-        args, kwargs = super().get_params_for_optimizer(prefix, named_parameters)
-        if prefix != "optimizer":
-            return args, kwargs
-        try:
-            accepts_decay = "weight_decay" in inspect.signature(self.optimizer).parameters
-        except (TypeError, ValueError):
-            accepts_decay = False
-        if accepts_decay:
-            kwargs.setdefault("weight_decay", self.weight_decay)
+    def _no_decay_parameters(self):
         classifier = getattr(self.module_, "classifier", None)
         if isinstance(classifier, nn.Linear) and classifier.bias is not None:
-            bias, groups = classifier.bias, []  # the prior-initialised bias gets no weight decay
-            for group in args[0]:
-                rest = [p for p in group["params"] if p is not bias]
-                if rest:
-                    groups.append({**group, "params": rest})
-            groups.append({"params": [bias], "weight_decay": 0.0})
-            args = (groups,)
-        return args, kwargs
+            return [classifier.bias]  # the prior-initialised bias gets no weight decay
+        return []
 
     # ------------------------------------------------------------------ fit
-    def fit(self, X, y, masks=None):
-        """Fit on images ``X``, labels ``y`` and optional, partial radiologist ``masks``.
-
-        Parameters
-        ----------
-        X : array-like (n, H, W) / (n, 1, H, W) / (n, H, W, 1), or sequence of paths
-        y : array-like (n,)
-        masks : None, array-like (n, H, W) or list with ``None`` entries
-            Where an image has a (non-empty) mask, the mask is its region for the radiomics
-            instead of the Grad-CAM region; all-zero means "not annotated".
-
-        Returns
-        -------
-        self
-        """
-        self._validate_hyperparams()
-        images, masks_arr, available = self._check_inputs(X, masks)
-        n = len(images)
-        classes, y_enc = self._encode_y(y, n)
-        counts = np.bincount(y_enc, minlength=len(classes))
-        dataset = self._make_dataset(images, y_enc, masks_arr, available)
-        for name in ("fitted_classes_", "n_classes_", "class_counts_", "n_masks_", "n_feedback_"):
-            self.__dict__.pop(name, None)
+    def _prepare_fit(self, images, y, masks, available, sample_weight, classes):
         self.n_classes_ = len(classes)
-        self.class_counts_ = counts
-        self.n_train_ = n
-        self._targets_ = torch.as_tensor(y_enc)
-        self.n_feedback_ = 0
-        self._radiomics_cache = None
-        try:
-            super().fit(dataset, y_enc)
-        finally:
-            self._radiomics_cache = None
-            self.__dict__.pop("_targets_", None)
-        self.fitted_classes_ = classes
+        self.class_counts_ = np.bincount(y, minlength=len(classes))
+        self.n_train_ = len(images)
         self.n_masks_ = int(available.sum())
-        return self
+        self.n_feedback_ = 0
+        self._targets_ = torch.as_tensor(y)
+        self._radiomics_cache = None
+        return self._make_dataset(images, y, masks, available, sample_weight=sample_weight)
 
-    def partial_fit(self, X, y=None, classes=None, **fit_params):
-        if not isinstance(X, torch.utils.data.Dataset):
-            raise TypeError("partial_fit is only used internally with a prepared dataset; call fit(X, y, masks=...).")
-        return super().partial_fit(X, y, classes=classes, **fit_params)
-
-    @property
-    def classes_(self):
-        if "fitted_classes_" not in self.__dict__:
-            raise AttributeError(f"{type(self).__name__} is not fitted yet: it has no classes_.")
-        return self.fitted_classes_
+    def _end_fit(self):
+        self._radiomics_cache = None
+        vars(self).pop("_targets_", None)
 
     # ------------------------------------------------------------------ feedback loop
     def _blur_sigma(self, size):
@@ -489,8 +319,6 @@ class RadiomicsContrastiveClassifier(TorchEstimatorMixin, NeuralNetClassifier):
             if bool(has.any()):
                 given = batch["mask"][:, 0] > 0.5
                 regions = torch.where(has[:, None, None], given, regions)
-                from ..explain import masks_to_boxes
-
                 bx[has.cpu().numpy()] = masks_to_boxes(given[has].cpu())
             raw[idx] = self._radiomics(x, regions).float().cpu()
             boxes[idx.numpy()] = bx
@@ -508,7 +336,7 @@ class RadiomicsContrastiveClassifier(TorchEstimatorMixin, NeuralNetClassifier):
         x = batch["x"]
         if not training:
             return {"x": x}
-        aug = self.augmenter_(x, None)
+        aug = self.augment_(x, None)
         x = aug[0] if isinstance(aug, tuple) else aug  # RadiographAugment returns images alone without masks
         out = {"x": x}
         cache = getattr(self, "_radiomics_cache", None)
@@ -519,41 +347,20 @@ class RadiomicsContrastiveClassifier(TorchEstimatorMixin, NeuralNetClassifier):
     def get_loss(self, y_pred, y_true, X=None, training=False):
         logits, aux = y_pred if isinstance(y_pred, tuple) else (y_pred, {})
         y_true = torch.as_tensor(y_true).to(logits.device)
-        total, terms = self.criterion_(logits, aux, y_true)
-        if training:
-            for name, value in terms.items():
-                self.history.record_batch(name, float(value))
+        sample_weight = X.get("sample_weight") if isinstance(X, dict) else None
+        total, terms = self.criterion_(logits, aux, y_true, sample_weight=sample_weight)
+        self._record_terms(terms, training)
         return total
 
     # ------------------------------------------------------------------ inference
-    def _outputs(self, X):
-        check_is_fitted(self, "fitted_classes_")
-        images = check_images(X, min_samples=1)
-        logits = [yp[0].float() if isinstance(yp, tuple) else yp.float()
-                  for yp in self.forward_iter(self._make_dataset(images), training=False)]
-        return torch.cat(logits)
-
     def predict_proba(self, X):
         """Class probabilities ``(n, n_classes)``: one-vs-all sigmoid scores normalised to sum to 1."""
-        scores = torch.sigmoid(self._outputs(X))
+        scores = torch.sigmoid(self._forward_outputs(self._predict_dataset(X)[1])[0])
         return (scores / scores.sum(1, keepdim=True).clamp_min(1e-12)).numpy().astype(np.float32)
-
-    def predict(self, X):
-        """Predicted labels ``(n,)``."""
-        return self.classes_[np.argmax(self.predict_proba(X), axis=1)]
-
-    def score(self, X, y, sample_weight=None):
-        """Accuracy on ``(X, y)``."""
-        from sklearn.metrics import accuracy_score
-
-        return accuracy_score(y, self.predict(X), sample_weight=sample_weight)
 
     def transform(self, X):
         """Image representations ``h`` (average-pooled backbone features), ``(n, C)``."""
-        check_is_fitted(self, "fitted_classes_")
-        images = check_images(X, min_samples=1)
-        feats = [yp[1]["features"].float() for yp in self.forward_iter(self._make_dataset(images), training=False)]
-        return torch.cat(feats).numpy().astype(np.float32)
+        return self._forward_outputs(self._predict_dataset(X)[1], "features")[1]["features"].numpy().astype(np.float32)
 
     def gradcam(self, X, target=None):
         """Grad-CAM heat maps ``(n, H, W)`` in [0, 1] of array images ``X``, at ``X``'s size.
@@ -592,9 +399,8 @@ class RadiomicsContrastiveClassifier(TorchEstimatorMixin, NeuralNetClassifier):
         state.pop("_targets_", None)
         return state
 
-    def __sklearn_tags__(self):
-        tags = super().__sklearn_tags__()
-        tags.input_tags.three_d_array = True
-        tags.input_tags.two_d_array = False
-        tags.non_deterministic = False
-        return tags
+    def __getstate__(self):
+        state = super().__getstate__()
+        state.pop("_radiomics_cache", None)
+        state.pop("_targets_", None)
+        return state

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .class_balanced import ClassBalancedLoss
 from .contrastive import SupConLoss
 
 __all__ = ["ALIGNMENT_LOSSES", "AttentionBCELoss", "AttentionDiceLoss", "make_alignment_loss"]
@@ -351,11 +352,20 @@ class MaskAttentionLoss(nn.Module):
         self.contrastive_weight = float(contrastive_weight)
 
     def _classification(self, logits, target, sample_weight):
+        cls = self.classification
         if sample_weight is None:
-            return self.classification(logits, target)
-        # Each one-sample call returns that sample's loss l_n exactly (mean over one sample).
-        losses = torch.stack([self.classification(logits[i:i + 1], target[i:i + 1]) for i in range(len(logits))])
-        return (losses * sample_weight.to(losses)).sum() / max(len(logits), 1)
+            return cls(logits, target)
+        sample_weight = sample_weight.to(logits)
+        if isinstance(cls, ClassBalancedLoss):
+            return cls(logits, target, sample_weight=sample_weight)
+        if isinstance(cls, nn.CrossEntropyLoss):
+            # Each sample's own cross-entropy l_n (what a one-sample mean would give), weighted.
+            losses = F.cross_entropy(logits, target, reduction="none", label_smoothing=cls.label_smoothing)
+            return (losses * sample_weight).sum() / max(len(logits), 1)
+        raise TypeError(
+            f"sample_weight needs a classification loss that takes per-sample weights (ClassBalancedLoss or "
+            f"nn.CrossEntropyLoss), got {type(cls).__name__}."
+        )
 
     def forward(self, logits, aux, target, sample_weight=None):
         aux = aux or {}

@@ -18,19 +18,24 @@ A class :math:`c` with :math:`n_c` training samples has the *effective number*
 This module holds the weight functions (plain NumPy, usable as ``class_weight=`` or
 ``sample_weight=`` of any scikit-learn classifier), the torch loss
 :class:`ClassBalancedLoss` and two helpers for the paper's training recipe
-(:func:`init_last_layer_bias`, :func:`param_groups_without_bias_decay`).
+(:func:`~dp_sklearn.nn.optim.init_last_layer_bias`,
+:func:`~dp_sklearn.nn.optim.param_groups_without_bias_decay`, which live in
+:mod:`dp_sklearn.nn.optim` and are re-exported here).
 """
 
 from __future__ import annotations
 
 import math
-from numbers import Integral, Real
+from numbers import Real
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from sklearn.utils._param_validation import Interval, validate_params
 from torch import nn
+
+from .._compat import Interval, validate_params
+# The training-recipe helpers live in dp_sklearn.nn.optim; re-exported here, their old home.
+from ..nn.optim import init_last_layer_bias, last_linear_bias_name, param_groups_without_bias_decay  # noqa: F401
 
 __all__ = [
     "BETA_GRID",
@@ -541,7 +546,7 @@ class ClassBalancedLoss(nn.Module):
             )
         return self.weight.to(device=device, dtype=dtype)
 
-    def forward(self, logits, target):
+    def forward(self, logits, target, sample_weight=None):
         """Class-balanced loss of a batch.
 
         Parameters
@@ -550,6 +555,9 @@ class ClassBalancedLoss(nn.Module):
             Unnormalised scores.
         target : torch.Tensor of shape (N,) or (N, C)
             Integer class indices, or (sigmoid/focal) a multi-label indicator.
+        sample_weight : torch.Tensor of shape (N,), default=None
+            Per-sample weights :math:`s_n` multiplying each sample's term; the loss is then
+            :math:`\\frac{1}{N}\\sum_n s_n \\alpha_n l_n` (still divided by :math:`N`).
 
         Returns
         -------
@@ -567,6 +575,10 @@ class ClassBalancedLoss(nn.Module):
             target = torch.as_tensor(target, device=logits.device)
         target = target.to(logits.device)
         w = self._class_weights(n_classes, logits.device, logits.dtype)
+        if sample_weight is not None:
+            sample_weight = torch.as_tensor(sample_weight).to(device=logits.device, dtype=logits.dtype).reshape(-1)
+            if sample_weight.shape[0] != n:
+                raise ValueError(f"sample_weight has {sample_weight.shape[0]} entries but logits have {n} rows.")
 
         if target.ndim == 1 or (target.ndim == 2 and target.shape[1] == 1 and n_classes > 1):
             target = target.reshape(-1)
@@ -588,6 +600,8 @@ class ClassBalancedLoss(nn.Module):
             if n == 0:
                 return logits.sum() * 0.0
             alpha = w[target]
+            if sample_weight is not None:
+                alpha = alpha * sample_weight
             if self.loss_type == "softmax":
                 ce = F.cross_entropy(logits, target, reduction="none", label_smoothing=self.label_smoothing)
                 return (alpha * ce).mean()
@@ -612,6 +626,8 @@ class ClassBalancedLoss(nn.Module):
             alpha = torch.where(
                 n_pos > 0, labels @ w / n_pos.clamp_min(1e-12), torch.ones_like(n_pos)
             )
+            if sample_weight is not None:
+                alpha = alpha * sample_weight
         else:
             raise ValueError(
                 f"target must have shape (N,) or (N, C), got {tuple(target.shape)}."
@@ -622,135 +638,3 @@ class ClassBalancedLoss(nn.Module):
             modulator = torch.exp(-self.gamma * (labels * logits + F.softplus(-logits)))
             bce = modulator * bce
         return (alpha[:, None] * bce).sum() / n
-
-
-# ------------------------------------------------------------ training recipe helpers
-
-
-def init_last_layer_bias(linear, loss_type, n_classes=None):
-    """Initialise a classifier's last-layer bias as the paper does.
-
-    For the sigmoid and focal variants the bias starts at :math:`b = -\\log((1-\\pi)/\\pi)`
-    with prior :math:`\\pi = 1/C`, i.e. :math:`b = -\\log(C - 1)`, so the initial
-    one-vs-all probabilities are :math:`1/C` and the many negative terms do not
-    dominate the first steps. For :math:`C = 2` that is ``0``. The softmax variant
-    leaves the bias unchanged.
-
-    Parameters
-    ----------
-    linear : torch.nn.Linear
-        The last layer (``out_features == C``), must have a bias.
-    loss_type : {"softmax", "sigmoid", "focal"}
-        The loss the layer is trained with.
-    n_classes : int, default=None
-        :math:`C`; ``linear.out_features`` by default. Must be at least 2.
-
-    Returns
-    -------
-    linear : torch.nn.Linear
-        The same layer, modified in place.
-
-    Examples
-    --------
-    >>> from torch import nn
-    >>> from dp_sklearn.losses.class_balanced import init_last_layer_bias
-    >>> head = init_last_layer_bias(nn.Linear(8, 3), "focal")
-    >>> head.bias
-    Parameter containing:
-    tensor([-0.6931, -0.6931, -0.6931], requires_grad=True)
-    """
-    if loss_type not in _LOSS_TYPES:
-        raise ValueError(f"loss_type must be one of {_LOSS_TYPES}, got {loss_type!r}.")
-    bias = getattr(linear, "bias", None)
-    if bias is None:
-        raise ValueError("The last layer has no bias to initialise (bias=False?).")
-    if n_classes is None:
-        n_classes = bias.shape[0]
-    if not isinstance(n_classes, Integral) or n_classes < 2:
-        raise ValueError(f"n_classes must be an integer >= 2, got {n_classes!r}.")
-    if loss_type in ("sigmoid", "focal"):
-        with torch.no_grad():
-            bias.fill_(-math.log(n_classes - 1))
-    return linear
-
-
-def _last_linear(module):
-    last = None
-    for m in module.modules():
-        if isinstance(m, nn.Linear) and m.bias is not None:
-            last = m
-    if last is None:
-        raise ValueError("The module has no nn.Linear layer with a bias.")
-    return last
-
-
-def last_linear_bias_name(module):
-    """Name of the bias of the last ``nn.Linear`` in ``module`` (registration order).
-
-    Use it to exempt that bias from weight decay in skorch:
-    ``optimizer__param_groups=[(last_linear_bias_name(module), {"weight_decay": 0.0})]``
-    (skorch matches these patterns against ``module.named_parameters()`` names).
-
-    Parameters
-    ----------
-    module : torch.nn.Module
-
-    Returns
-    -------
-    name : str
-
-    Examples
-    --------
-    >>> from torch import nn
-    >>> from dp_sklearn.losses.class_balanced import last_linear_bias_name
-    >>> last_linear_bias_name(nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3)))
-    '2.bias'
-    """
-    target = _last_linear(module).bias
-    for name, p in module.named_parameters():
-        if p is target:
-            return name
-    raise ValueError("The last linear bias is not a registered parameter.")  # pragma: no cover
-
-
-def param_groups_without_bias_decay(module, weight_decay, bias=None):
-    """Optimizer parameter groups in which the last-layer bias gets no weight decay.
-
-    The paper keeps weight decay off the last-layer bias so that the prior
-    initialisation of :func:`init_last_layer_bias` is not pulled towards zero.
-
-    Parameters
-    ----------
-    module : torch.nn.Module
-        The network.
-    weight_decay : float
-        Weight decay of every other trainable parameter.
-    bias : torch.nn.Parameter, default=None
-        The bias to exempt; the bias of the last ``nn.Linear`` by default.
-
-    Returns
-    -------
-    param_groups : list of dict
-        ``[{"params": [...], "weight_decay": weight_decay},
-        {"params": [bias], "weight_decay": 0.0}]`` for any ``torch.optim`` optimizer.
-
-    Examples
-    --------
-    >>> import torch
-    >>> from torch import nn
-    >>> from dp_sklearn.losses.class_balanced import param_groups_without_bias_decay
-    >>> net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
-    >>> groups = param_groups_without_bias_decay(net, 1e-4)
-    >>> opt = torch.optim.SGD(groups, lr=0.1, momentum=0.9)
-    >>> [len(g["params"]) for g in opt.param_groups], opt.param_groups[1]["weight_decay"]
-    ([3, 1], 0.0)
-    """
-    if bias is None:
-        bias = _last_linear(module).bias
-    decay = [p for p in module.parameters() if p.requires_grad and p is not bias]
-    if len(decay) == sum(1 for p in module.parameters() if p.requires_grad):
-        raise ValueError("bias is not a trainable parameter of module.")
-    return [
-        {"params": decay, "weight_decay": float(weight_decay)},
-        {"params": [bias], "weight_decay": 0.0},
-    ]

@@ -1,10 +1,9 @@
-"""Small heads that sit on a backbone's feature map: pooling, projection and classification.
+"""Small heads that sit on a backbone's feature map: pooling and projection.
 
 - :class:`GlobalAvgPool` turns a feature map ``(N, C, h, w)`` into a vector ``(N, C)``.
 - :class:`ProjectionHead` is SimCLR's non-linear projection ``g(h)`` (Chen et al., ICML
   2020): the contrastive loss is computed on ``z = g(h)``, while the representation kept
   for downstream tasks is ``h``, taken before the head.
-- :class:`LinearHead` is an (optionally dropout-regularised) linear classifier.
 
 The modules assume nothing about dtype or memory format, so they run under autocast and
 on ``channels_last`` feature maps.
@@ -15,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["GlobalAvgPool", "LinearHead", "ProjectionHead"]
+__all__ = ["GlobalAvgPool", "ProjectionHead"]
 
 
 class GlobalAvgPool(nn.Module):
@@ -86,32 +85,3 @@ class ProjectionHead(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.layers(x)
-
-
-class LinearHead(nn.Module):
-    """Dropout then a linear layer: ``(N, in_dim) -> (N, out_dim)`` logits.
-
-    Parameters
-    ----------
-    in_dim, out_dim : int
-        Input features and number of outputs (classes).
-    dropout : float, default=0.0
-        Dropout probability before the linear layer.
-
-    Examples
-    --------
-    >>> import torch
-    >>> LinearHead(8, 3)(torch.randn(2, 8)).shape
-    torch.Size([2, 3])
-    """
-
-    def __init__(self, in_dim: int, out_dim: int, dropout: float = 0.0):
-        super().__init__()
-        if not 0.0 <= float(dropout) < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {dropout!r}.")
-        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
-        self.linear = nn.Linear(in_dim, out_dim)
-        self.in_dim, self.out_dim = in_dim, out_dim
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.linear(self.dropout(x))

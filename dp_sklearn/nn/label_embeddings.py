@@ -53,6 +53,7 @@ __all__ = [
     "known_label_names",
     "label_embeddings",
     "normalize_name",
+    "resolve_semantic_vectors",
     "shipped_vectors_info",
 ]
 
@@ -251,3 +252,43 @@ class MetricHead(nn.Module):
         p = self.prototypes()
         sim = v @ p.t()
         return self.scale * sim + self.label_bias, sim
+
+
+def resolve_semantic_vectors(label_names, semantic_vectors, n_labels):
+    """The semantic vectors ``(n_labels, d)`` a metric head starts from, and where they came from.
+
+    Parameters
+    ----------
+    label_names : sequence of str or None
+        Names of the label columns.
+    semantic_vectors : "auto", array-like (n_labels, d) or None
+        ``"auto"``: :func:`label_embeddings` of ``label_names`` (None without names or without a
+        text encoder for unknown names); an array: used as given; None: learnable prototypes.
+    n_labels : int
+
+    Returns
+    -------
+    vectors : float32 ndarray (n_labels, d) or None
+    source : {"shipped", "text_encoder", "user", "learnable"}
+    """
+    names = None
+    if label_names is not None:
+        names = [str(n) for n in np.asarray(label_names, dtype=object).ravel()]
+        if len(names) != n_labels:
+            raise ValueError(f"label_names has {len(names)} names but y has {n_labels} label columns.")
+    if semantic_vectors is None:
+        return None, "learnable"
+    if isinstance(semantic_vectors, str):  # "auto"
+        if names is None:
+            return None, "learnable"
+        vecs = label_embeddings(names)
+        if vecs is None:
+            return None, "learnable"
+        shipped = set(known_label_names())
+        return vecs, "shipped" if all(normalize_name(n) in shipped for n in names) else "text_encoder"
+    vecs = np.asarray(semantic_vectors, dtype=np.float32)
+    if vecs.ndim != 2 or vecs.shape[0] != n_labels:
+        raise ValueError(f"semantic_vectors must have shape ({n_labels}, text_dim), got {vecs.shape}.")
+    if not np.all(np.isfinite(vecs)):
+        raise ValueError("semantic_vectors contains NaN or infinity.")
+    return vecs, "user"

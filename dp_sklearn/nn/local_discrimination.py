@@ -24,8 +24,7 @@ from torch import nn
 
 from .backbones import build_backbone
 
-__all__ = ["LD_BACKBONES", "LocalDiscriminationNet", "UNetDecoder", "VGGLDEncoder", "build_ld_encoder",
-           "dihedral", "encoder_features", "undo_dihedral"]
+__all__ = ["LocalDiscriminationNet", "UNetDecoder", "VGGLDEncoder", "dihedral", "encoder_features", "undo_dihedral"]
 
 
 def _conv_bn_relu(in_ch: int, out_ch: int) -> list[nn.Module]:
@@ -98,17 +97,6 @@ class VGGLDEncoder(nn.Module):
         for stage in self.stages:
             x = stage(x)
         return x
-
-
-#: Encoder names specific to local discrimination (next to the names of ``build_backbone``).
-LD_BACKBONES = {"vgg_ld": VGGLDEncoder}
-
-
-def build_ld_encoder(backbone="vgg_ld", in_channels: int = 1, **kwargs) -> nn.Module:
-    """``"vgg_ld"`` -> :class:`VGGLDEncoder`; anything else -> :func:`~dp_sklearn.nn.backbones.build_backbone`."""
-    if isinstance(backbone, str) and backbone in LD_BACKBONES:
-        return LD_BACKBONES[backbone](in_channels=in_channels, **kwargs)
-    return build_backbone(backbone, in_channels=in_channels, **kwargs)
 
 
 def encoder_features(encoder: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
@@ -271,7 +259,7 @@ class LocalDiscriminationNet(nn.Module):
     def __init__(self, backbone="vgg_ld", embedding_dim: int = 32, n_clusters: int = 16, in_channels: int = 1,
                  decoder_channels: int | None = None, **backbone_kwargs):
         super().__init__()
-        self.encoder = build_ld_encoder(backbone, in_channels=in_channels, **backbone_kwargs)
+        self.encoder = build_backbone(backbone, in_channels=in_channels, **backbone_kwargs)
         skip_channels = self._probe(in_channels)
         self.decoder = UNetDecoder(skip_channels, decoder_channels)
         width = self.decoder.out_channels

@@ -1,0 +1,71 @@
+"""The one adapter between dp_sklearn and private APIs of its dependencies.
+
+dp_sklearn otherwise uses only the public, documented APIs of scikit-learn, skorch and torch.
+Where there is no public way, the private name is imported or used *here only*, so that an
+upgrade that removes or changes it breaks one module, and ``tests/test_compat.py`` says so
+loudly (it checks every name below and its behaviour against the tested versions).
+
+What is borrowed and why:
+
+- scikit-learn's parameter-constraint objects (``Interval``, ``StrOptions``, ``HasMethods``,
+  ``validate_parameter_constraints``, ``validate_params``) from ``sklearn.utils._param_validation``:
+  the DESIGN asks for scikit-learn's ``_parameter_constraints`` style of validation, and
+  scikit-learn exposes these objects only from a private module (every scikit-learn-contrib
+  project imports them from there).
+- ``num_samples`` and ``safe_indexing`` (``sklearn.utils.validation._num_samples``,
+  ``sklearn.utils._safe_indexing``): the number of samples and row selection of any
+  array-like, list of paths or dataframe, exactly as scikit-learn's own ``cross_validate``
+  counts and slices them (used by :mod:`dp_sklearn.tuning` to slice ``masks`` per fold).
+- :class:`FastTrainingSwitchMixin`: skorch calls ``NeuralNet._set_training`` before every batch, and
+  ``Module.train()`` walks the whole module tree each time; the pre-trainers replace it by a
+  switch that only touches components whose mode differs (see ``benchmarks/speed.py``). There
+  is no public hook for this; it reads skorch's registries of modules and criteria through
+  :func:`skorch_components`.
+"""
+
+from __future__ import annotations
+
+from sklearn.utils import _safe_indexing as safe_indexing
+from sklearn.utils._param_validation import (  # noqa: F401  (re-exported)
+    HasMethods,
+    Interval,
+    StrOptions,
+    validate_parameter_constraints,
+    validate_params,
+)
+from sklearn.utils.validation import _num_samples as num_samples
+from torch import nn
+
+__all__ = [
+    "FastTrainingSwitchMixin",
+    "HasMethods",
+    "Interval",
+    "StrOptions",
+    "num_samples",
+    "safe_indexing",
+    "skorch_components",
+    "validate_parameter_constraints",
+    "validate_params",
+]
+
+
+def skorch_components(net):
+    """Names of the fitted torch components of a skorch net (``module_``, ``criterion_``, ...).
+
+    skorch keeps them in the private lists ``_modules`` and ``_criteria``; this is the only read.
+    """
+    return [name + "_" for name in list(net._modules) + list(net._criteria)]
+
+
+class FastTrainingSwitchMixin:
+    """Mix in front of a skorch ``NeuralNet``: switch train/eval mode only where it differs.
+
+    Overrides skorch's private ``_set_training`` (called before every batch). A switch always
+    sets a whole tree, so a component's top-level flag tells its tree's mode.
+    """
+
+    def _set_training(self, training=True):
+        for name in skorch_components(self):
+            module = getattr(self, name)
+            if isinstance(module, nn.Module) and module.training != training:
+                module.train(training)
