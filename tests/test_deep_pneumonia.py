@@ -80,7 +80,7 @@ def test_nested_params_on_default_stages():
                                                pretrainer__max_epochs=2)
     assert isinstance(clf.classifier, MaskAttentionClassifier) and clf.classifier.backbone_kwargs == {"stem_stride": 1}
     assert isinstance(clf.pretrainer, ContrastivePretrainer) and clf.pretrainer.max_epochs == 2
-    assert clf.pretrainer.batch_size == 32  # the default pre-trainer of DeepPneumoniaClassifier()
+    assert clf.pretrainer.batch_size == 64  # the default pre-trainer of DeepPneumoniaClassifier()
 
 
 def test_every_classifier_option_reaches_the_fitted_classifier(data):

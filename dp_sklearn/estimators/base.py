@@ -457,7 +457,7 @@ class PretrainerBase(FastTrainingSwitchMixin, TorchEstimatorBase):
 
         Returns
         -------
-        ndarray of float32, shape (n, embedding_dim_)
+        ndarray of float32, shape (n, ``embedding_dim_``)
         """
         chunks = [out.float().cpu() for out in self.forward_iter(self._dataset(X), training=False)]
         return torch.cat(chunks).numpy().astype(np.float32, copy=False)
@@ -471,7 +471,7 @@ class PretrainerBase(FastTrainingSwitchMixin, TorchEstimatorBase):
 
         Returns
         -------
-        ndarray of str objects, shape (embedding_dim_,)
+        ndarray of str objects, shape (``embedding_dim_``,)
         """
         check_is_fitted(self, "module_")
         return np.asarray([f"embedding{i}" for i in range(self.embedding_dim_)], dtype=object)

@@ -54,8 +54,12 @@ class MaskAttentionClassifier(TorchClassifierBase, NeuralNetClassifier):
 
     Parameters
     ----------
-    {backbone}
-    {image_size}
+    backbone : str, nn.Module subclass or instance, default="vgg_compact"
+        Feature extractor, see :func:`dp_sklearn.nn.backbones.build_backbone`; the default gives an
+        8x8 attention grid at 64 px and is fast on a CPU. An instance is deep-copied at ``fit``: the
+        object you pass is never trained in place.
+    image_size : int, (int, int) or None, default=64
+        Size the images (and masks) are resized to; None keeps the input size (array input only).
     {encoder}
     {backbone_kwargs}
     attention_weight : float >= 0, default=5.0

@@ -14,7 +14,18 @@ import numpy as np
 
 
 class PixelRangeWarning(UserWarning):
-    """Float images with values outside [0, 1], the range the estimators expect."""
+    """Float images with values outside [0, 1], the range the estimators expect.
+
+    Examples
+    --------
+    >>> import warnings
+    >>> import numpy as np
+    >>> with warnings.catch_warnings(record=True) as caught:
+    ...     warnings.simplefilter("always")
+    ...     _ = check_images(np.full((2, 8, 8), 255.0, dtype=np.float32))
+    >>> [w.category.__name__ for w in caught]
+    ['PixelRangeWarning']
+    """
 
 
 def is_path_sequence(X) -> bool:
