@@ -61,16 +61,16 @@ PROFILES = {
                   deep_pneumonia={}),
     # Paper-scale setting for a GPU.
     "full": dict(folds=5, logreg_size=32, speed_batches=30, ablation=True,
-                 deep_pneumonia=dict(backbone="resnet18", image_size=224, max_epochs=40, pretrain_epochs=100,
-                                     batch_size=64, lr=1e-3)),
+                 deep_pneumonia=dict(backbone="resnet18", image_size=224, batch_size=64, pretrainer__max_epochs=100,
+                                     pretrainer__lr=1e-3, classifier__max_epochs=40, classifier__lr=1e-3)),
     # End-to-end smoke run of the harness (used by the test suite).
     "tiny": dict(folds=2, logreg_size=12, speed_batches=2, subsample=90, ablation=True,
-                 deep_pneumonia=dict(backbone="resnet10t", image_size=24, max_epochs=1, pretrain_epochs=1,
-                                     batch_size=16)),
+                 deep_pneumonia=dict(backbone="resnet10t", image_size=24, batch_size=16, pretrainer__max_epochs=1,
+                                     classifier__max_epochs=1)),
 }
 
-#: The settings every CNN row shares with DeepPneumoniaClassifier (row 6).
-SHARED = ("backbone", "image_size", "max_epochs", "lr", "batch_size", "weight_decay", "lr_schedule", "augment")
+#: The classifier settings every CNN row shares with DeepPneumoniaClassifier's classifier stage (row 6).
+SHARED = ("max_epochs", "lr", "batch_size", "weight_decay", "lr_schedule", "warmup", "augment", "label_smoothing", "tta")
 
 REFERENCE = {"model": "DarkCovidNet (Ozturk et al. 2020, published)", "accuracy": 0.8702,
              "note": "3-class, 5-fold CV, image-level split (not patient-grouped)"}
@@ -91,12 +91,26 @@ def _flatten_downsampled(size):
     return FunctionTransformer(transform)
 
 
-def shared_settings(p: dict) -> dict:
-    """The profile's DeepPneumoniaClassifier parameters that every CNN row uses too."""
+def product(p: dict, **kwargs):
+    """Row 6: DeepPneumoniaClassifier with its defaults and the profile's settings."""
     from dp_sklearn import DeepPneumoniaClassifier
 
-    params = DeepPneumoniaClassifier(**p["deep_pneumonia"]).get_params()
-    return {k: params[k] for k in SHARED + ("pretrain_epochs", "pretrain_lr")}
+    return DeepPneumoniaClassifier(**kwargs).set_params(**p["deep_pneumonia"])
+
+
+def shared_settings(p: dict) -> dict:
+    """The settings of row 6's two stages, which every CNN row uses too (``pretrain_*``: its pre-trainer)."""
+    from dp_sklearn.estimators.deep_pneumonia import default_classifier, default_pretrainer
+
+    dp = product(p)
+    clf = (dp.classifier or default_classifier()).get_params()
+    pre = (dp.pretrainer or default_pretrainer()).get_params()
+    shared = {k: clf[k] for k in SHARED}
+    shared.update(backbone=dp.backbone, image_size=dp.image_size, pretrain_epochs=pre["max_epochs"],
+                  pretrain_lr=pre["lr"], pretrain_batch_size=pre["batch_size"])
+    if dp.batch_size is not None:
+        shared.update(batch_size=dp.batch_size, pretrain_batch_size=dp.batch_size)
+    return shared
 
 
 def model_rows(p: dict, device: str, seed: int):
@@ -106,7 +120,6 @@ def model_rows(p: dict, device: str, seed: int):
     'product' (DeepPneumoniaClassifier, which pre-trains inside its own fit). map: where the row's
     localisation comes from — 'attention' (its trained attention branch), 'gradcam', or None.
     """
-    from dp_sklearn import DeepPneumoniaClassifier
     from dp_sklearn.estimators.class_balanced import ClassBalancedWeighting
     from dp_sklearn.estimators.mask_attention import MaskAttentionClassifier
 
@@ -139,16 +152,14 @@ def model_rows(p: dict, device: str, seed: int):
             ("5. + mask-guided hard attention", cnn(**guided, class_balance_beta=0.999), "pretrained", "attention"),
         ]
     rows.append(("6. DeepPneumoniaClassifier (+ contrastive regulation)",
-                 lambda: DeepPneumoniaClassifier(**p["deep_pneumonia"], device=device, random_state=seed,
-                                                 verbose=0),
-                 "product", "attention"))
+                 lambda: product(p, device=device, random_state=seed, verbose=0), "product", "attention"))
     if p.get("related", True):  # rows 7-8 cost several times a CNN row on CPU: full profile or --models 7 8
         from local_discrimination_eval import rows as ld_rows
         from radiomics_eval import rows as radiomics_rows
 
-        cnn_p = dict(p, backbone=shared["backbone"], image_size=shared["image_size"], epochs=shared["max_epochs"],
-                     pretrain_epochs=shared_settings(p)["pretrain_epochs"], batch_size=shared["batch_size"],
-                     lr=shared["lr"])
+        s = shared_settings(p)
+        cnn_p = dict(p, backbone=s["backbone"], image_size=s["image_size"], epochs=s["max_epochs"],
+                     pretrain_epochs=s["pretrain_epochs"], batch_size=s["batch_size"], lr=s["lr"])
         rows += [("7." + name.split(".", 1)[1], f, k, "gradcam") for name, f, k in radiomics_rows(cnn_p, device, seed)]
         rows += [(f"8{letter}. {name}", f, k, None) for letter, (name, f, k) in zip("ab", ld_rows(cnn_p, device, seed))]
     return rows
@@ -159,8 +170,8 @@ def make_pretrainer(p: dict, device: str, seed: int):
 
     s = shared_settings(p)
     return ContrastivePretrainer(backbone=s["backbone"], image_size=s["image_size"], max_epochs=s["pretrain_epochs"],
-                                 lr=s["pretrain_lr"], batch_size=s["batch_size"], device=device, random_state=seed,
-                                 verbose=0)
+                                 lr=s["pretrain_lr"], batch_size=s["pretrain_batch_size"], device=device,
+                                 random_state=seed, verbose=0)
 
 
 # ----------------------------------------------------------------------------- metrics

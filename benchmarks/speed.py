@@ -183,15 +183,15 @@ def pretrainer_speed(data, p, device, seed, epochs=4, rounds=2):
     the first epoch of each window is warm-up."""
     from pretrain_throughput import estimator_run, handwritten_simclr_loop
 
-    n = min(len(data.images), p["batch_size"] * p["speed_batches"])
+    n = min(len(data.images), p["pretrain_batch_size"] * p["speed_batches"])
     images = data.images[np.sort(np.random.RandomState(seed).permutation(len(data.images))[:n])]
-    settings = dict(backbone=p["backbone"], image_size=p["image_size"], batch_size=p["batch_size"],
+    settings = dict(backbone=p["backbone"], image_size=p["image_size"], batch_size=p["pretrain_batch_size"],
                     lr=p["pretrain_lr"], temperature=0.2, device=device)
     est_rates, hand_rates = [], []
     for _ in range(rounds):
         est_rates += estimator_run(images, epochs=epochs, seed=seed, **settings)["images_per_s"][1:]
         hand_rates += handwritten_simclr_loop(images, epochs=epochs, seed=seed, **settings)["images_per_s"][1:]
     est_rate, hand_rate = float(np.median(est_rates)), float(np.median(hand_rates))
-    return [{"name": f"train ContrastivePretrainer (SimCLR, {n} images, batch {p['batch_size']}, "
+    return [{"name": f"train ContrastivePretrainer (SimCLR, {n} images, batch {p['pretrain_batch_size']}, "
                      f"median of {len(est_rates)} epochs)",
              "images_per_s": est_rate, "reference": hand_rate, "ratio": est_rate / hand_rate}]
