@@ -30,13 +30,9 @@ Use one folder per fit (:func:`dp_sklearn.tuning.tune` makes one per trial and f
 written by a fit of other data or other parameters is refused with a ``ValueError`` that says
 what differs. ``max_epochs``, ``patience``, ``verbose``, ``device`` and ``num_workers`` may
 change between runs (a larger ``max_epochs`` trains longer, unless a learning-rate schedule
-depends on it). Remove the directory (or use another one) to start from scratch. To take
-part, an estimator overrides ``fit_loop`` to call :func:`remaining_epochs`::
-
-    def fit_loop(self, X, y=None, epochs=None, **fit_params):
-        if epochs is None:
-            epochs = remaining_epochs(self)
-        return super().fit_loop(X, y, epochs=epochs, **fit_params)
+depends on it). Remove the directory (or use another one) to start from scratch. The torch
+estimators' base (:class:`dp_sklearn.estimators.base.TorchEstimatorBase`) runs only the
+:func:`remaining_epochs` of a resumed fit.
 """
 
 from __future__ import annotations
