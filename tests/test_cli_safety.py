@@ -6,10 +6,7 @@ import csv
 import os
 import pickle
 import shutil
-import subprocess
-import sys
 
-import numpy as np
 import pytest
 from PIL import Image
 

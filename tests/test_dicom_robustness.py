@@ -8,9 +8,7 @@ did not skip, and an unknown transfer syntax asked to install decoders that were
 The last test runs the seeded fuzzer of ``dicom_fuzz.py`` over a few hundred mutations.
 """
 
-import random
 import sys
-import zlib
 from pathlib import Path
 
 import numpy as np

@@ -10,8 +10,6 @@ import sys
 import warnings
 
 import joblib
-import math
-
 import numpy as np
 import pytest
 import sklearn

@@ -398,9 +398,3 @@ class RadiomicsContrastiveClassifier(TorchClassifierBase, NeuralNetClassifier):
         state.pop("_radiomics_cache", None)
         state.pop("_targets_", None)
         return state
-
-    def __getstate__(self):
-        state = super().__getstate__()
-        state.pop("_radiomics_cache", None)
-        state.pop("_targets_", None)
-        return state
