@@ -312,9 +312,8 @@ def run_quality(data, p, device, seed, out: Path, only=None):
 def prior_rows(X, masks, available, splits, grid):
     """Localisation of the location prior (no model), at full resolution and on the model's grid."""
     rows = []
-    for label, g in (("full resolution", None), (f"{grid[0]}x{grid[1]} grid" if grid else None, grid)):
-        if label is None:
-            continue
+    variants = [("full resolution", None)] + ([(f"{grid[0]}x{grid[1]} grid", grid)] if grid else [])
+    for label, g in variants:
         where = Localisation("prior")
         for train, test in splits:
             held = test[available[test] & masks[test].any(axis=(1, 2))]
