@@ -123,7 +123,8 @@ def model_rows(p: dict, device: str, seed: int):
     from dp_sklearn.estimators.class_balanced import ClassBalancedWeighting
     from dp_sklearn.estimators.mask_attention import MaskAttentionClassifier
 
-    shared = {k: v for k, v in shared_settings(p).items() if not k.startswith("pretrain")}
+    # p holds row 6's settings (main merges shared_settings into it)
+    shared = {k: p[k] for k in SHARED + ("backbone", "image_size")}
 
     def logreg():
         return make_pipeline(_flatten_downsampled(p["logreg_size"]), StandardScaler(),
@@ -157,9 +158,7 @@ def model_rows(p: dict, device: str, seed: int):
         from local_discrimination_eval import rows as ld_rows
         from radiomics_eval import rows as radiomics_rows
 
-        s = shared_settings(p)
-        cnn_p = dict(p, backbone=s["backbone"], image_size=s["image_size"], epochs=s["max_epochs"],
-                     pretrain_epochs=s["pretrain_epochs"], batch_size=s["batch_size"], lr=s["lr"])
+        cnn_p = dict(p, epochs=p["max_epochs"])
         rows += [("7." + name.split(".", 1)[1], f, k, "gradcam") for name, f, k in radiomics_rows(cnn_p, device, seed)]
         rows += [(f"8{letter}. {name}", f, k, None) for letter, (name, f, k) in zip("ab", ld_rows(cnn_p, device, seed))]
     return rows
@@ -168,9 +167,8 @@ def model_rows(p: dict, device: str, seed: int):
 def make_pretrainer(p: dict, device: str, seed: int):
     from dp_sklearn.estimators.pretrainer import ContrastivePretrainer
 
-    s = shared_settings(p)
-    return ContrastivePretrainer(backbone=s["backbone"], image_size=s["image_size"], max_epochs=s["pretrain_epochs"],
-                                 lr=s["pretrain_lr"], batch_size=s["pretrain_batch_size"], device=device,
+    return ContrastivePretrainer(backbone=p["backbone"], image_size=p["image_size"], max_epochs=p["pretrain_epochs"],
+                                 lr=p["pretrain_lr"], batch_size=p["pretrain_batch_size"], device=device,
                                  random_state=seed, verbose=0)
 
 

@@ -259,12 +259,6 @@ class RadiomicsContrastiveClassifier(TorchClassifierBase, NeuralNetClassifier):
         self.criterion_ = self.criterion(**kwargs)
         return self
 
-    def _no_decay_parameters(self):
-        classifier = getattr(self.module_, "classifier", None)
-        if isinstance(classifier, nn.Linear) and classifier.bias is not None:
-            return [classifier.bias]  # the prior-initialised bias gets no weight decay
-        return []
-
     # ------------------------------------------------------------------ fit
     def _prepare_fit(self, images, y, masks, available, sample_weight, classes):
         self.n_classes_ = len(classes)
