@@ -5,7 +5,7 @@ Both sides train the same :class:`~dp_sklearn.nn.simclr.SimCLRModule`
 :class:`~dp_sklearn.data.augment.RadiographAugment` through the same
 :func:`~dp_sklearn.estimators.pretrainer.two_views`, use the same
 :class:`~dp_sklearn.losses.contrastive.NTXentLoss`, AdamW settings, batch size, device,
-precision (bfloat16 autocast + channels_last on CUDA, float32 on CPU) and data (cxr1k at a
+precision (``precision="auto"``: bfloat16 autocast where the device has it natively, channels_last) and data (cxr1k at a
 small size). The hand-written loop slices a host tensor with a random permutation per epoch,
 drops the last incomplete batch, copies each batch to the device and calls ``loss.item()``
 after every step (as skorch does, and as any loop that logs its loss does).
@@ -112,9 +112,7 @@ def handwritten_simclr_loop(
     size = (image_size, image_size) if np.isscalar(image_size) else tuple(image_size)
     seed_everything(seed)
     model = SimCLRModule(backbone, projection_dim=projection_dim, hidden_dim=hidden_dim).to(device)
-    cuda = device.startswith("cuda")
-    if cuda:
-        model = model.to(memory_format=torch.channels_last)
+    model = model.to(memory_format=torch.channels_last)  # as the estimators do
     aug = build_augment(augment, {"output_size": tuple(size)}).to(device)
     criterion = NTXentLoss(temperature).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
@@ -131,8 +129,7 @@ def handwritten_simclr_loop(
         for b in range(n_batches):
             idx = order[b * batch_size:(b + 1) * batch_size]
             x = data[idx].unsqueeze(1).to(device, non_blocking=True)
-            if cuda:
-                x = x.contiguous(memory_format=torch.channels_last)
+            x = x.contiguous(memory_format=torch.channels_last)
             x1, x2 = two_views(aug, x)
             with autocast(device, amp_dtype):
                 z1, z2 = model(x1=x1, x2=x2)

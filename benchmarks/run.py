@@ -368,6 +368,10 @@ def machine_info(device: str) -> dict:
             "platform": platform.platform(), "date": datetime.date.today().isoformat()}
     if device.startswith("cuda"):
         info["gpu"] = torch.cuda.get_device_name(0)
+    from dp_sklearn.utils.device import resolve_precision
+
+    amp = resolve_precision("auto", device)  # what precision="auto" (every row's default) trains in here
+    info["precision"] = "float32" if amp is None else str(amp).replace("torch.", "")
     return info
 
 
@@ -400,6 +404,7 @@ def markdown_report(res: dict) -> str:
              f"{st['image_size']} px · backbone `{st['backbone']}` · {st['max_epochs']} epochs "
              f"(pre-training {st['pretrain_epochs']}) · {res['machine']['date']} · {res['machine']['cpu']}"
              + (f" · {res['machine']['gpu']}" if "gpu" in res["machine"] else f" ({res['machine']['cores']} cores)")
+             + f" · {res['machine'].get('precision', 'float32')}"
              + f" · total run {res['seconds'] / 60:.1f} min",
              "",
              "| model | accuracy | balanced acc. | macro-F1 | macro AUC | recall covid19 / normal / pneumonia |",

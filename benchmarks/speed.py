@@ -94,8 +94,7 @@ def handwritten_classifier_epochs(X, y, masks, available, p, device, seed, epoch
             idx = perm[start:start + p["batch_size"]]
             x = Xt[idx].to(device, non_blocking=True)
             m = Mt[idx].to(device, non_blocking=True)
-            if device.startswith("cuda"):
-                x = x.contiguous(memory_format=torch.channels_last)
+            x = x.contiguous(memory_format=torch.channels_last)
             x, m = augment(x, m)
             with autocast(device, amp):
                 logits, aux = module(x=x, mask=m, has_mask=At[idx].to(device))
@@ -127,8 +126,7 @@ def _handwritten_predict(module, X, p, device, amp_dtype, tta):
             out = []
             for start in range(0, len(X), p["batch_size"]):
                 x = Xt[start:start + p["batch_size"]].to(device)
-                if device.startswith("cuda"):
-                    x = x.contiguous(memory_format=torch.channels_last)
+                x = x.contiguous(memory_format=torch.channels_last)
                 with autocast(device, amp_dtype):
                     logits, _ = module(x=tta_view(x, k))
                 out.append(torch.softmax(logits.float(), dim=1).cpu())

@@ -21,6 +21,9 @@ What is borrowed and why:
   switch that only touches components whose mode differs (see ``benchmarks/speed.py``). There
   is no public hook for this; it reads skorch's registries of modules and criteria through
   :func:`skorch_components`.
+- :func:`cpu_has_native_bfloat16`: whether this CPU computes bfloat16 natively (AVX512-BF16 or
+  AMX), which decides ``precision="auto"`` on CPU. torch exposes the check only as the private
+  ``torch.cpu._is_avx512_bf16_supported`` / ``_is_amx_tile_supported``.
 """
 
 from __future__ import annotations
@@ -34,10 +37,12 @@ from sklearn.utils._param_validation import (  # noqa: F401  (re-exported)
     validate_params,
 )
 from sklearn.utils.validation import _num_samples as num_samples
+import torch
 from torch import nn
 
 __all__ = [
     "FastTrainingSwitchMixin",
+    "cpu_has_native_bfloat16",
     "HasMethods",
     "Interval",
     "StrOptions",
@@ -47,6 +52,14 @@ __all__ = [
     "validate_parameter_constraints",
     "validate_params",
 ]
+
+
+def cpu_has_native_bfloat16() -> bool:
+    """True when this CPU has bfloat16 instructions (AVX512-BF16 or AMX tiles).
+
+    Only there does bfloat16 autocast speed up training; elsewhere oneDNN emulates it slowly.
+    """
+    return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
 
 
 def skorch_components(net):

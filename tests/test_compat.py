@@ -5,6 +5,8 @@ by name, instead of somewhere deep inside an estimator. See the module docstring
 ``dp_sklearn._compat`` for why each is borrowed.
 """
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -60,3 +62,18 @@ def test_skorch_documented_cuda_dependent_attributes():
     # documented in NeuralNet's Attributes; the estimators add their augmentation modules to it
     assert isinstance(NeuralNet.cuda_dependent_attributes_, list)
     assert "cuda_dependent_attributes_" in NeuralNet.__doc__
+
+
+def test_torch_cpu_bfloat16_capability_checks():
+    # precision="auto" on CPU reads these private torch.cpu checks (through _compat); if torch
+    # renames them, this fails here rather than silently changing every CPU fit's precision.
+    import torch
+
+    from dp_sklearn._compat import cpu_has_native_bfloat16
+
+    assert callable(torch.cpu._is_avx512_bf16_supported)
+    assert callable(torch.cpu._is_amx_tile_supported)
+    assert isinstance(cpu_has_native_bfloat16(), bool)
+    flags = open("/proc/cpuinfo").read() if os.path.exists("/proc/cpuinfo") else ""
+    if "avx512_bf16" in flags or "amx_tile" in flags:
+        assert cpu_has_native_bfloat16()

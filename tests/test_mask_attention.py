@@ -252,7 +252,7 @@ def _plain_loop(X, y, epochs, batch_size, lr, weight_decay, pooling):
 def test_zero_weights_equal_plain_cnn_and_ignore_masks(data, pooling):
     X, y, masks = data
     kw = dict(attention_weight=0.0, contrastive_weight=0.0, class_balance_beta=0.0, augment=False,
-              label_smoothing=0.0, tta=0,
+              label_smoothing=0.0, tta=0, precision="float32",  # the reference loop runs in float32
               max_epochs=2, lr=1e-3, weight_decay=1e-4, pooling=pooling)
     with_masks = make(**kw).fit(X, y, masks=masks).predict_proba(X)
     without = make(**kw).fit(X, y).predict_proba(X)

@@ -2,7 +2,9 @@
 
 import numpy as np
 import pytest
+import torch
 
+from dp_sklearn._compat import cpu_has_native_bfloat16
 from dp_sklearn.utils import check_images, check_masks, resolve_device, resolve_precision
 
 
@@ -69,6 +71,10 @@ def test_device_and_precision():
     assert resolve_device("auto") in ("cpu", "cuda")
     with pytest.raises(ValueError, match="device"):
         resolve_device("tpu")
-    assert resolve_precision("auto", "cpu") is None
+    # "auto" on CPU: bfloat16 exactly where the CPU has bfloat16 instructions.
+    expected = torch.bfloat16 if cpu_has_native_bfloat16() else None
+    assert resolve_precision("auto", "cpu") is expected
+    assert resolve_precision("float32", "cpu") is None
+    assert resolve_precision("bfloat16", "cpu") is torch.bfloat16
     with pytest.raises(ValueError, match="CUDA"):
-        resolve_precision("bfloat16", "cpu")
+        resolve_precision("float16", "cpu")

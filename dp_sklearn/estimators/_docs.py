@@ -49,10 +49,12 @@ SHARED_PARAMETERS = {
         with the same directory resumes and trains until the history holds ``max_epochs`` epochs
         (see :mod:`dp_sklearn.estimators.callbacks`). Remove the directory to start over.""",
     "device": """device : {"auto", "cpu", "cuda"} or "cuda:N", default="auto"
-        ``"auto"`` uses CUDA when present. On CUDA the model runs in ``channels_last`` under
-        autocast (see ``precision``).""",
+        ``"auto"`` uses CUDA when present. The model runs in ``channels_last`` under autocast
+        (see ``precision``).""",
     "precision": """precision : {"auto", "float32", "bfloat16", "float16"}, default="auto"
-        Autocast dtype; ``"auto"`` is bfloat16 on CUDA and float32 on CPU.""",
+        Autocast dtype; ``"auto"`` is bfloat16 where the device computes it natively (CUDA GPUs
+        that support it, CPUs with AVX512-BF16 or AMX), else float32. Losses are computed in
+        float32 either way. The resolved dtype is the fitted attribute ``amp_dtype_``.""",
     "num_workers": """num_workers : int, default=0
         DataLoader worker processes. With 0 and array input, batches are sliced straight from one
         tensor (no per-image collate); path input streams through a DataLoader.""",
