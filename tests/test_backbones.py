@@ -13,7 +13,7 @@ EXPECTED = {  # name: (out_channels, stride)
     "resnet34": (512, 32),
     "resnet50": (2048, 32),
     "vgg_ld": (128, 16),  # local discrimination's VGG-style encoder
-    "vgg_compact": (128, 8),  # the CPU default: 8x8 attention grid at 64 px
+    "vgg_compact": (192, 8),  # the CPU default: 8x8 attention grid at 64 px
 }
 
 

@@ -269,13 +269,13 @@ class CompactVGG(nn.Module):
 
     Four stages of 3x3 convolution + BatchNorm + ReLU, a 2x2 max-pool before stages 2-4; stage 1
     has one convolution, stages 2-4 have ``convs_per_stage`` each. A 64 px radiograph gives an 8x8
-    feature map (the attention grid) for about 43 M multiply-adds, less than ``resnet10t`` needs
-    for a 4x4 grid (62 M) and a sixth of what it needs with a stride-1 stem for 8x8.
+    feature map (the attention grid) for about 97 M multiply-adds with the default widths
+    (43 M with widths 16-128, less than ``resnet10t`` needs for a 4x4 grid, 62 M).
 
     Parameters
     ----------
     in_channels : int, default=1
-    widths : sequence of 4 int, default=(16, 32, 64, 128)
+    widths : sequence of 4 int, default=(24, 48, 96, 192)
         Channels of each stage; ``out_channels = widths[-1]``.
     convs_per_stage : int, default=2
         Convolutions in each of stages 2-4.
@@ -294,7 +294,7 @@ class CompactVGG(nn.Module):
     (torch.Size([2, 64, 8, 8]), 8)
     """
 
-    def __init__(self, in_channels: int = 1, widths=(16, 32, 64, 128), convs_per_stage: int = 2):
+    def __init__(self, in_channels: int = 1, widths=(24, 48, 96, 192), convs_per_stage: int = 2):
         super().__init__()
         widths = list(widths)
         if len(widths) != 4 or any(not isinstance(w, int) or w < 1 for w in widths):
@@ -319,7 +319,7 @@ class CompactVGG(nn.Module):
 
 
 def vgg_compact(in_channels: int = 1, **kwargs) -> CompactVGG:
-    """:class:`CompactVGG`: 7 convolutions, widths (16, 32, 64, 128), stride 8 (the default backbone)."""
+    """:class:`CompactVGG`: 7 convolutions, widths (24, 48, 96, 192), stride 8 (the default backbone)."""
     return CompactVGG(in_channels=in_channels, **kwargs)
 
 
