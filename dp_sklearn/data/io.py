@@ -324,13 +324,95 @@ def _display_chain(path: Path, on_non_radiograph: str, step: dict) -> tuple[np.n
     step["tag"] = "PixelData"
     raw = _decode_pixels(ds, path)
     step["tag"] = "ModalityLUT"
-    arr = _apply_modality(raw, ds, path)
+    image = _linear_display(raw, ds, path)
+    if image is None:
+        image = _minmax(_display_values(raw, ds, path, step))
+    return image, (note if on_non_radiograph == "warn" else None)
+
+
+def _display_values(arr: np.ndarray, ds, path: Path, step=None) -> np.ndarray:
+    """The display chain before scaling, in float64 through pydicom: modality LUT or rescale,
+    VOI LUT or window, MONOCHROME1 inverted. Works on the whole image (any LUT, any VOI
+    function) or, for :func:`_linear_display`, on a few stored values."""
+    step = {} if step is None else step
+    step["tag"] = "ModalityLUT"
+    arr = _apply_modality(arr, ds, path)
     step["tag"] = "VOILUT"
     arr = _apply_voi(arr, ds, path)
     if ds.PhotometricInterpretation == "MONOCHROME1":
         # MONOCHROME1 stores air as the highest value: flip so that lungs are dark.
         arr = -arr
-    return _minmax(arr), (note if on_non_radiograph == "warn" else None)
+    return arr
+
+
+# Largest ratio (|lo| + |hi|) / (hi - lo) of the stored-value interval [lo, hi] that the float32
+# fast path accepts: its error is below about (ratio + 2) * 2**-24 (4e-6 at 64) of the [0, 1] output.
+_FLOAT32_SPREAD = 64.0
+
+
+def _linear_display(raw: np.ndarray, ds, path: Path) -> np.ndarray | None:
+    """The display chain and min-max scaling in one linear map, or None when it does not apply.
+
+    With a rescale (no Modality LUT Sequence) and a LINEAR / LINEAR_EXACT window or none (no VOI
+    LUT Sequence), the chain is monotonic in the stored value x: constant below and above an
+    interval [lo, hi] (the stored range cut by the window) and affine on it. The scaled image is
+    thus ``clip((x - lo) / (hi - lo), 0, 1)`` or its mirror ``(hi - x) / (hi - lo)``, which is
+    two or three float32 passes over the pixels instead of pydicom's float64 window on the
+    image. Which of the two, and every check of the full chain (finite rescale, finite window,
+    a window that misses every pixel), comes from :func:`_display_values` run on the stored
+    values min, lo, (lo + hi) / 2, hi and max: since the chain is monotonic, they carry its
+    extremes, and they confirm the model (flat outside [lo, hi], affine inside) against pydicom.
+    Anything else (LUT sequences, SIGMOID, a LINEAR window of width 1, a constant image, a
+    failed check) returns None and goes through the full chain, errors included.
+    """
+    if raw.dtype.kind not in "ui" or raw.size == 0:
+        return None
+    tag, slope, intercept = _check_modality(ds, path)
+    voi = _check_voi(ds, path)
+    if tag == "ModalityLUTSequence" or voi == "VOILUTSequence":
+        return None
+    xmin, xmax = int(raw.min()), int(raw.max())
+    if xmin == xmax:
+        return None
+    lo, hi = float(xmin), float(xmax)
+    if voi is not None:  # a window; None: no VOI step at all
+        function = str(ds.get("VOILUTFunction", "") or "LINEAR").strip().upper() or "LINEAR"
+        center, width = _float_value(ds, "WindowCenter", path), _float_value(ds, "WindowWidth", path)
+        if function == "LINEAR":  # PS3.3 C.11.2.1.2.1, as pydicom's apply_windowing
+            center, width = center - 0.5, width - 1
+        if function not in ("LINEAR", "LINEAR_EXACT") or not width > 0:
+            return None
+        s = 1.0 if slope is None else slope
+        b = 0.0 if intercept is None else intercept
+        with np.errstate(all="ignore"):
+            edges = (np.array([center - width / 2, center + width / 2]) - b) / s
+        if not np.isfinite(edges).all():
+            return None
+        lo, hi = max(lo, float(edges.min())), min(hi, float(edges.max()))
+        if not lo < hi:
+            return None
+    try:
+        with np.errstate(all="ignore"):
+            v = _display_values(np.array([xmin, lo, (lo + hi) / 2, hi, xmax], dtype=np.float64), ds, path)
+    except DicomError:
+        return None  # the full chain raises it again, with the image's own values
+    span = v[3] - v[1]
+    # The model checked against pydicom's own values: constant outside [lo, hi], affine inside.
+    tol = 1e-9 * abs(span)
+    if not (np.isfinite(v).all() and np.isfinite(span) and span != 0 and abs(v[0] - v[1]) <= tol
+            and abs(v[4] - v[3]) <= tol and abs(v[2] - (v[1] + v[3]) / 2) <= tol):
+        return None
+    exact32 = max(-xmin, xmax) <= 2**24 and (abs(lo) + abs(hi)) <= _FLOAT32_SPREAD * (hi - lo)
+    dtype = np.float32 if exact32 else np.float64
+    out = np.empty(raw.shape, dtype=dtype)
+    if span > 0:
+        np.subtract(raw, dtype(lo), out=out, dtype=dtype, casting="unsafe")
+    else:
+        np.subtract(dtype(hi), raw, out=out, dtype=dtype, casting="unsafe")
+    np.divide(out, dtype(hi - lo), out=out)
+    if lo > xmin or hi < xmax:  # the window cuts the stored range
+        np.clip(out, 0.0, 1.0, out=out)
+    return out if dtype is np.float32 else out.astype(np.float32)
 
 
 def _dcmread(path: Path):
