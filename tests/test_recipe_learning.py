@@ -36,8 +36,9 @@ def test_defaults_beat_logistic_regression_on_auc(cxr64):
     clf.fit(X[train], y[train], masks=np.where(cxr64.mask_available[train, None, None], masks[train], False))
     auc, bacc = _scores(y[test], clf.predict_proba(X[test]))
     print(f"MaskAttentionClassifier() AUC {auc:.4f} bal-acc {bacc:.4f}; logistic regression {lr_auc:.4f} {lr_bacc:.4f}")
-    # Measured on 2 CPU cores (2026-11-30, deterministic on one device): AUC 0.8933 vs 0.8814, balanced
-    # accuracy 0.720 vs 0.740. Without pre-training the classifier wins on ranking (AUC) but not on
+    # Measured on 2 CPU cores (AMD EPYC with AVX512-BF16, so bfloat16 autocast; vgg_compact 24-192;
+    # 2026-11-30, deterministic on one device): AUC 0.8993 vs 0.8814, balanced accuracy 0.740 vs 0.740
+    # (float32 and widths 16-128 gave 0.8933 and 0.720). Without pre-training the classifier wins on ranking (AUC) but not on
     # balanced accuracy on this fold; DeepPneumoniaClassifier's pre-training is what lifts the rare
     # class (README benchmark, row 6 vs row 2).
     assert auc >= lr_auc + 0.005, (auc, lr_auc)
