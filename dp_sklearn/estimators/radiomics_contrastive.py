@@ -79,8 +79,9 @@ class RadiomicsContrastiveClassifier(TorchClassifierBase, NeuralNetClassifier):
     temperature : float > 0, default=0.5
         Softmax temperature of the image-radiomics NT-Xent term (the ``contrastive_weight`` term,
         an image's projection and its radiomics projection being the two views): the cosine
-        similarities between the batch's projections are divided by it (0.5, the authors' value). As in every estimator with one
-        contrastive term, ``temperature`` is that term's; smaller values sharpen it.
+        similarities between the batch's projections are divided by it (0.5, the authors'
+        value). As in every estimator with one contrastive term, ``temperature`` is that term's;
+        smaller values sharpen it.
     focal_gamma : float >= 0, default=2.0
         Focal-loss gamma (Lin et al.'s default; the loss is the sigmoid focal loss).
     class_balance_beta : float in [0, 1), default=0.0
