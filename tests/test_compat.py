@@ -20,7 +20,8 @@ def test_sklearn_parameter_validation_objects():
                    "c": [_compat.HasMethods(["fit"])]}
     _compat.validate_parameter_constraints(constraints, {"a": 0.5, "b": "x", "c": NeuralNet},
                                            caller_name="t")
-    hidden = {"d": [_compat.Interval(Real, 0, None, closed="neither"), _compat.Hidden(_compat.StrOptions({"deprecated"}))]}
+    hidden = {"d": [_compat.Interval(Real, 0, None, closed="neither"),
+                    _compat.Hidden(_compat.StrOptions({"deprecated"}))]}
     _compat.validate_parameter_constraints(hidden, {"d": "deprecated"}, caller_name="t")
     with pytest.raises(ValueError, match="'d' parameter of t") as error:
         _compat.validate_parameter_constraints(hidden, {"d": "other"}, caller_name="t")

@@ -37,7 +37,8 @@ import warnings
 import torch
 from torch import nn
 
-__all__ = ["BACKBONES", "DEPRECATED_BACKBONES", "BasicBlock", "Bottleneck", "CompactVGG", "FeatureBackbone", "ResNet", "build_backbone"]
+__all__ = ["BACKBONES", "DEPRECATED_BACKBONES", "BasicBlock", "Bottleneck", "CompactVGG", "FeatureBackbone", "ResNet",
+           "build_backbone"]
 
 
 def _conv3x3(in_ch: int, out_ch: int, stride: int = 1) -> nn.Conv2d:
