@@ -94,8 +94,8 @@ def summarize(folds, settings):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--image-size", type=int, default=128)
-    parser.add_argument("--backbone", default="resnet10t")
-    parser.add_argument("--stem-stride", type=int, default=None, help="backbone_kwargs stem_stride (resnet10t)")
+    parser.add_argument("--backbone", default="resnet10_half")
+    parser.add_argument("--stem-stride", type=int, default=None, help="backbone_kwargs stem_stride (resnet10_half)")
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=1e-3)

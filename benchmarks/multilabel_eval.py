@@ -21,7 +21,7 @@ Protocol
   et al., dual-weighted metric loss and its ablations). With ``pretrain_epochs > 0`` a row warm
   starts the dual-weighted model from each fold's contrastive pre-training.
 
-Run ``python benchmarks/multilabel_eval.py --profile quick`` (64 px, resnet10t); ``run(profile, ...)``
+Run ``python benchmarks/multilabel_eval.py --profile quick`` (64 px, resnet10_half); ``run(profile, ...)``
 and ``rows(profile, device, seed)`` are what ``benchmarks/run.py`` can call to add a table.
 """
 
@@ -43,20 +43,20 @@ from sklearn.model_selection import StratifiedGroupKFold  # noqa: E402
 
 PROFILES = {
     # CPU-affordable: the main benchmark's quick setting.
-    "quick": dict(image_size=64, backbone="resnet10t", folds=5, epochs=8, batch_size=64, lr=2e-3, pretrain_epochs=0),
+    "quick": dict(image_size=64, backbone="resnet10_half", folds=5, epochs=8, batch_size=64, lr=2e-3, pretrain_epochs=0),
     # The classifiers' default training recipe (MaskAttentionClassifier's: vgg_compact, 20 epochs of
     # batch 32, lr 3e-3, warm-up + cosine), on a 3-fold split for CPU time.
     "recipe": dict(image_size=64, backbone="vgg_compact", folds=3, epochs=20, batch_size=32, lr=3e-3, pretrain_epochs=0),
     # What 2 shared CPU cores afford in about half an hour for 4 rows.
-    "cpu": dict(image_size=32, backbone="resnet10t", folds=3, epochs=6, batch_size=64, lr=2e-3, pretrain_epochs=0),
+    "cpu": dict(image_size=32, backbone="resnet10_half", folds=3, epochs=6, batch_size=64, lr=2e-3, pretrain_epochs=0),
     # Same, plus the pretrained row (for a GPU, or patience).
-    "quick_pretrain": dict(image_size=64, backbone="resnet10t", folds=5, epochs=8, batch_size=64, lr=2e-3,
+    "quick_pretrain": dict(image_size=64, backbone="resnet10_half", folds=5, epochs=8, batch_size=64, lr=2e-3,
                            pretrain_epochs=8),
     # Larger images and backbone (GPU).
     "medium": dict(image_size=128, backbone="resnet18", folds=5, epochs=15, batch_size=64, lr=1e-3, pretrain_epochs=0),
     "full": dict(image_size=224, backbone="resnet18", folds=5, epochs=40, batch_size=64, lr=1e-3, pretrain_epochs=100),
     # Smoke run of the harness.
-    "tiny": dict(image_size=32, backbone="resnet10t", folds=2, epochs=1, batch_size=32, lr=2e-3, pretrain_epochs=1,
+    "tiny": dict(image_size=32, backbone="resnet10_half", folds=2, epochs=1, batch_size=32, lr=2e-3, pretrain_epochs=1,
                  subsample=300),
 }
 

@@ -58,7 +58,7 @@ def _sync(device: str):
 def handwritten_simclr_loop(
     images,
     *,
-    backbone="resnet10t",
+    backbone="resnet10_half",
     image_size=64,
     projection_dim=128,
     hidden_dim=512,
@@ -164,7 +164,7 @@ def estimator_run(images, *, epochs, seed=0, clock="wall", **settings):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--backbone", default="resnet10t")
+    parser.add_argument("--backbone", default="resnet10_half")
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--n-images", type=int, default=512, help="first N cxr1k images (all: 1124)")
     parser.add_argument("--batch-size", type=int, default=64)

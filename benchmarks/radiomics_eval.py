@@ -21,7 +21,7 @@ Protocol
   pointing-game hit rate of the Grad-CAM maximum (chance: the mean mask area share). A fixed
   central box (half the image side) is the trivial reference for the IoU.
 
-Run ``python benchmarks/radiomics_eval.py`` (defaults: 64 px, resnet10t, 3 folds, 8 epochs) and
+Run ``python benchmarks/radiomics_eval.py`` (defaults: 64 px, resnet10_half, 3 folds, 8 epochs) and
 read the JSON/markdown under ``--out``. :func:`rows` gives the main benchmark
 (``benchmarks/run.py``) the row to add.
 """
@@ -42,7 +42,7 @@ sys.path.insert(0, str(HERE.parent))
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, roc_auc_score  # noqa: E402
 from sklearn.model_selection import StratifiedGroupKFold  # noqa: E402
 
-DEFAULTS = dict(image_size=64, backbone="resnet10t", folds=3, epochs=8, pretrain_epochs=8, batch_size=64, lr=2e-3,
+DEFAULTS = dict(image_size=64, backbone="resnet10_half", folds=3, epochs=8, pretrain_epochs=8, batch_size=64, lr=2e-3,
                 feedback_every=1)
 
 

@@ -65,7 +65,7 @@ PROFILES = {
                                      pretrainer__lr=1e-3, classifier__max_epochs=40, classifier__lr=1e-3)),
     # End-to-end smoke run of the harness (used by the test suite).
     "tiny": dict(folds=2, logreg_size=12, speed_batches=2, subsample=90, ablation=True,
-                 deep_pneumonia=dict(backbone="resnet10t", image_size=24, batch_size=16, pretrainer__max_epochs=1,
+                 deep_pneumonia=dict(backbone="resnet10_half", image_size=24, batch_size=16, pretrainer__max_epochs=1,
                                      classifier__max_epochs=1)),
 }
 

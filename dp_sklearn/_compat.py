@@ -7,7 +7,7 @@ loudly (it checks every name below and its behaviour against the tested versions
 
 What is borrowed and why:
 
-- scikit-learn's parameter-constraint objects (``Interval``, ``StrOptions``, ``HasMethods``,
+- scikit-learn's parameter-constraint objects (``Interval``, ``StrOptions``, ``HasMethods``, ``Hidden``,
   ``validate_parameter_constraints``, ``validate_params``) from ``sklearn.utils._param_validation``:
   the DESIGN asks for scikit-learn's ``_parameter_constraints`` style of validation, and
   scikit-learn exposes these objects only from a private module (every scikit-learn-contrib
@@ -24,6 +24,21 @@ What is borrowed and why:
 - :func:`cpu_has_native_bfloat16`: whether this CPU computes bfloat16 natively (AVX512-BF16 or
   AMX), which decides ``precision="auto"`` on CPU. torch exposes the check only as the private
   ``torch.cpu._is_avx512_bf16_supported`` / ``_is_amx_tile_supported``.
+- :func:`dataloader_order`: the in-memory batch iterators (:mod:`dp_sklearn.data.batches`) give
+  the same batch order, and leave torch's global generator in the same state, as the
+  ``DataLoader`` they replace, so that a fit with a given ``random_state`` is the same whichever
+  path its batches take. Only public calls are made, but the sequence imitates what torch's
+  ``DataLoader`` iterator and ``RandomSampler`` draw internally (one ``int64`` for the workers'
+  base seed, then one ``int64`` that seeds the sampler's permutation), which torch does not
+  document; ``tests/test_compat.py`` compares it with a real ``DataLoader``.
+- :func:`study_storage`: the storage of an ``optuna.Study`` (``Study._storage``); Optuna has no
+  public accessor, and :class:`~dp_sklearn.tuning.OptunaSearchCV` must continue a study the
+  user passes in the same storage.
+
+Relied on, without a private name (also pinned in ``tests/test_compat.py``): skorch's
+``NeuralNet`` reads its ``device`` attribute whenever it moves modules or tensors, and its pickled
+state carries that attribute as ``state["device"]`` from which ``__setstate__`` maps tensors;
+:class:`~dp_sklearn.estimators._torch.TorchEstimatorMixin` relies on both for ``device="auto"``.
 """
 
 from __future__ import annotations
@@ -31,6 +46,7 @@ from __future__ import annotations
 from sklearn.utils import _safe_indexing as safe_indexing
 from sklearn.utils._param_validation import (  # noqa: F401  (re-exported)
     HasMethods,
+    Hidden,
     Interval,
     StrOptions,
     validate_parameter_constraints,
@@ -44,11 +60,14 @@ __all__ = [
     "FastTrainingSwitchMixin",
     "cpu_has_native_bfloat16",
     "HasMethods",
+    "Hidden",
     "Interval",
     "StrOptions",
+    "dataloader_order",
     "num_samples",
     "safe_indexing",
     "skorch_components",
+    "study_storage",
     "validate_parameter_constraints",
     "validate_params",
 ]
@@ -82,3 +101,23 @@ class FastTrainingSwitchMixin:
             module = getattr(self, name)
             if isinstance(module, nn.Module) and module.training != training:
                 module.train(training)
+
+
+def dataloader_order(n, shuffle):
+    """The sample order of one pass of ``DataLoader(dataset_of_n, shuffle=shuffle)``, as a tensor.
+
+    Draws from torch's global generator exactly what a single-process ``DataLoader`` iterator
+    draws (its workers' base seed, then, when shuffling, the seed of ``RandomSampler``'s own
+    generator), so that the global generator ends in the same state and the order is the same.
+    """
+    torch.empty((), dtype=torch.int64).random_()  # the DataLoader iterator's base seed
+    if not shuffle:
+        return torch.arange(n)
+    generator = torch.Generator()
+    generator.manual_seed(int(torch.empty((), dtype=torch.int64).random_().item()))
+    return torch.randperm(n, generator=generator)
+
+
+def study_storage(study):
+    """The storage an ``optuna.Study`` lives in (Optuna keeps it in the private ``_storage``)."""
+    return study._storage

@@ -67,7 +67,7 @@ from pathlib import Path
 
 import numpy as np
 import optuna
-from optuna.distributions import BaseDistribution
+from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 from sklearn.base import BaseEstimator, ClassifierMixin, MetaEstimatorMixin, clone
 from sklearn.metrics import check_scoring
@@ -78,7 +78,8 @@ from sklearn.utils.metaestimators import available_if
 from sklearn.utils.validation import check_is_fitted
 from skorch import NeuralNet
 from skorch.callbacks import Callback
-from ._compat import num_samples as _num_samples, safe_indexing as _safe_indexing
+
+from ._compat import num_samples as _num_samples, safe_indexing as _safe_indexing, study_storage
 
 __all__ = [
     "DEFAULT_STORAGE_PATH",
@@ -283,6 +284,18 @@ def default_search_space(estimator):
     return space
 
 
+def _suggest(trial, name, dist):
+    """``trial.suggest_*`` for an Optuna distribution object (the public twin of ``Trial._suggest``)."""
+    if isinstance(dist, FloatDistribution):
+        return trial.suggest_float(name, dist.low, dist.high, step=dist.step, log=dist.log)
+    if isinstance(dist, IntDistribution):
+        return trial.suggest_int(name, dist.low, dist.high, step=dist.step, log=dist.log)
+    if isinstance(dist, CategoricalDistribution):
+        return trial.suggest_categorical(name, dist.choices)
+    raise TypeError(f"search_space[{name!r}]: unsupported distribution {dist!r} (use FloatDistribution, "
+                    "IntDistribution or CategoricalDistribution).")
+
+
 def _as_space(search_space, estimator):
     if search_space is None:
         return default_search_space(estimator)
@@ -296,7 +309,7 @@ def _as_space(search_space, estimator):
         distributions = dict(search_space)
 
         def space(trial):
-            return {name: trial._suggest(name, dist) for name, dist in distributions.items()}
+            return {name: _suggest(trial, name, dist) for name, dist in distributions.items()}
 
         return space
     if callable(search_space):
@@ -504,15 +517,15 @@ class SkorchHeldOutPruning(Callback):
         training fold's classes are put there for the time of the scoring and removed again.
         """
         added = False
-        if (self.classes is not None and "fitted_classes_" not in net.__dict__
+        if (self.classes is not None and not hasattr(net, "fitted_classes_")
                 and isinstance(getattr(type(net), "classes_", None), property)):
-            net.__dict__["fitted_classes_"] = np.asarray(self.classes)
+            net.fitted_classes_ = np.asarray(self.classes)
             added = True
         try:
             yield
         finally:
             if added:
-                net.__dict__.pop("fitted_classes_", None)
+                vars(net).pop("fitted_classes_", None)  # unfitted again, as the estimator's fit leaves it
 
     def on_epoch_end(self, net, **kwargs):
         epoch = len(net.history) - 1
@@ -1087,7 +1100,7 @@ class OptunaSearchCV(MetaEstimatorMixin, ClassifierMixin, BaseEstimator):
         self : OptunaSearchCV
         """
         if self.study is not None:
-            storage, study_name = self.study._storage, self.study.study_name
+            storage, study_name = study_storage(self.study), self.study.study_name
             direction = self.study.direction.name.lower()
             sampler, pruner = self.study.sampler, self.study.pruner
         else:

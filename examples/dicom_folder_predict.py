@@ -32,7 +32,7 @@ def main(argv=None):
     if args.subsample:
         keep = np.random.RandomState(0).permutation(len(y))[: args.subsample]
         X, y, masks = X[keep], y[keep], masks[keep]
-    clf = DeepPneumoniaClassifier(backbone="resnet10t", image_size=args.image_size, batch_size=min(64, len(y)),
+    clf = DeepPneumoniaClassifier(backbone="resnet10_half", image_size=args.image_size, batch_size=min(64, len(y)),
                                   pretrainer=ContrastivePretrainer(max_epochs=args.epochs, lr=2e-3),
                                   classifier=MaskAttentionClassifier(max_epochs=args.epochs, lr=2e-3),
                                   verbose=0, random_state=0)

@@ -29,7 +29,7 @@ def main(argv=None):
         keep = np.random.RandomState(0).permutation(len(y))[: args.subsample]
         X, y, masks, groups = X[keep], y[keep], masks[keep], groups[keep]
 
-    clf = MaskAttentionClassifier(backbone="resnet10t", image_size=args.image_size, max_epochs=args.epochs,
+    clf = MaskAttentionClassifier(backbone="resnet10_half", image_size=args.image_size, max_epochs=args.epochs,
                                   batch_size=64, lr=2e-3, verbose=0, random_state=0).set_fit_request(masks=True)
     pipe = Pipeline([("clf", clf)])
     search = GridSearchCV(pipe, {"clf__attention_weight": [0.0, 1.0]}, cv=StratifiedGroupKFold(3),

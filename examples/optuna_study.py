@@ -42,7 +42,7 @@ def parse_args(argv=None):
     p.add_argument("--folds", type=int, default=2)
     p.add_argument("--n-images", type=int, default=300,
                    help="stratified subset of cxr1k to tune on (all masked images kept first); 0 = all 1124")
-    p.add_argument("--backbone", default="resnet10t")
+    p.add_argument("--backbone", default="resnet10_half")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--storage", default=None,
                    help="Optuna storage URL or SQLite file (default: ./dp_sklearn_studies.sqlite3)")

@@ -7,7 +7,7 @@ from torch import nn
 from dp_sklearn.nn.backbones import BACKBONES, BasicBlock, FeatureBackbone, ResNet, build_backbone
 
 EXPECTED = {  # name: (out_channels, stride)
-    "resnet10t": (256, 16),
+    "resnet10_half": (256, 16),
     "resnet10": (512, 32),
     "resnet18": (512, 32),
     "resnet34": (512, 32),
@@ -28,8 +28,38 @@ def test_named_backbone_shapes_and_strides(name):
     assert out.shape == (2, channels, 64 // stride, 64 // stride)
 
 
+def test_resnet10t_is_a_deprecated_alias_of_resnet10_half():
+    # the old name builds the same network (same parameter count, same weights from one seed) and says the new one
+    from dp_sklearn.nn.backbones import DEPRECATED_BACKBONES, resnet10t
+
+    assert DEPRECATED_BACKBONES == {"resnet10t": "resnet10_half"} and "resnet10t" not in BACKBONES
+    torch.manual_seed(0)
+    new = build_backbone("resnet10_half")
+    for old_way in (lambda: build_backbone("resnet10t"), lambda: resnet10t()):
+        torch.manual_seed(0)
+        with pytest.warns(FutureWarning, match="'resnet10_half'"):
+            old = old_way()
+        assert type(old) is type(new)
+        for (k, a), (_, b) in zip(new.state_dict().items(), old.state_dict().items(), strict=True):
+            assert torch.equal(a, b), k
+    assert sum(p.numel() for p in new.parameters()) == 1_225_824  # not timm's resnet10t (4.9 M)
+
+
+@pytest.mark.parametrize("name", ["ContrastivePretrainer", "MaskAttentionClassifier"])
+def test_estimators_accept_the_deprecated_backbone_name(name):
+    import numpy as np
+
+    from dp_sklearn import estimators
+
+    X = np.random.default_rng(0).random((4, 16, 16)).astype(np.float32)
+    est = getattr(estimators, name)(backbone="resnet10t", image_size=16, max_epochs=1, batch_size=2, verbose=0)
+    with pytest.warns(FutureWarning, match="resnet10_half"):
+        est.fit(X, *(() if name == "ContrastivePretrainer" else ([0, 1, 0, 1],)))
+    assert est.backbone == "resnet10t"  # the parameter keeps the user's value (clone, get_params)
+
+
 def test_small_stem_stride_one_and_in_channels():
-    net = build_backbone("resnet10t", in_channels=3, stem_stride=1)
+    net = build_backbone("resnet10_half", in_channels=3, stem_stride=1)
     assert net.stride == 8
     assert net(torch.rand(2, 3, 32, 32)).shape == (2, 256, 4, 4)
 
@@ -56,7 +86,7 @@ def test_last_bn_of_each_block_starts_at_zero():
 
 def test_channels_last_gives_same_result():
     torch.manual_seed(0)
-    net = build_backbone("resnet10t").eval()
+    net = build_backbone("resnet10_half").eval()
     x = torch.rand(2, 1, 32, 32)
     with torch.no_grad():
         ref = net(x)
@@ -66,7 +96,7 @@ def test_channels_last_gives_same_result():
 
 
 def test_runs_under_cpu_bfloat16_autocast():
-    net = build_backbone("resnet10t").eval()
+    net = build_backbone("resnet10_half").eval()
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         out = net(torch.rand(2, 1, 32, 32))
     assert out.shape == (2, 256, 2, 2) and torch.isfinite(out.float()).all()

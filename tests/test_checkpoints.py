@@ -49,7 +49,7 @@ def classifier(**kw):
     # float32: the killed fit runs on one thread, the uninterrupted one on all; oneDNN's bfloat16
     # kernels (precision="auto" on AVX512-BF16 CPUs) round differently per thread count, float32
     # agrees to 1e-5, which is what lets the resumed model be compared with the uninterrupted one.
-    return MaskAttentionClassifier(**{**dict(backbone="resnet10t", image_size=32, max_epochs=4, batch_size=4,
+    return MaskAttentionClassifier(**{**dict(backbone="resnet10_half", image_size=32, max_epochs=4, batch_size=4,
                                              augment=True, verbose=0, device="cpu", random_state=0,
                                              precision="float32"), **kw})
 
@@ -145,7 +145,7 @@ def test_a_planted_checkpoint_cannot_run_code(tmp_path):
     # (a history that says a checkpoint was taken, so that skorch's LoadInitState would load it)
     (ckpt / "history.json").write_text('[{"epoch": 1, "batches": [{"train_loss": 1.0, "train_batch_size": 8}], "train_loss": 1.0, "event_cp": true}]')
     X = np.random.RandomState(0).rand(8, 32, 32).astype(np.float32)
-    est = ContrastivePretrainer(backbone="resnet10t", image_size=32, projection_dim=8, hidden_dim=16, batch_size=4,
+    est = ContrastivePretrainer(backbone="resnet10_half", image_size=32, projection_dim=8, hidden_dim=16, batch_size=4,
                                 max_epochs=1, verbose=0, device="cpu", random_state=0, checkpoint_dir=str(ckpt))
     with pytest.raises(ValueError, match="could not read the checkpoint"):
         est.fit(X)
@@ -275,7 +275,7 @@ def test_cli_checkpoint_dir_works_with_mask_attention(tmp_path):
             w.writerow([f"{i}.png", label])
     ckpt = tmp_path / "ckpt"
     argv = ["fit", "--data", str(table), "--model", str(tmp_path / "m.joblib"), "--estimator", "mask-attention",
-            "--backbone", "resnet10t", "--image-size", "32", "--epochs", "1", "--batch-size", "4",
+            "--backbone", "resnet10_half", "--image-size", "32", "--epochs", "1", "--batch-size", "4",
             "--checkpoint-dir", str(ckpt), "--device", "cpu"]
     main(argv)
     state = torch.load(ckpt / CHECKPOINT_FILE, weights_only=True)

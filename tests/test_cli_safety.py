@@ -1,5 +1,5 @@
 """Issue 17, "The CLI loses work" and "Untrusted files run code": each test reproduces one failure
-of the command line before that issue and pins the fix. One tiny model (resnet10t, 16 px, one
+of the command line before that issue and pins the fix. One tiny model (resnet10_half, 16 px, one
 epoch on 8 real images) is fitted once per module through the CLI itself."""
 
 import csv
@@ -29,7 +29,7 @@ def workdir(tmp_path_factory):
     with open(d / "train.csv", "w", newline="") as f:
         csv.writer(f).writerows([("path", "label"), *rows])
     main(["fit", "--data", str(d / "train.csv"), "--model", str(d / "model.joblib"), "--estimator",
-          "mask-attention", "--backbone", "resnet10t", "--image-size", "16", "--epochs", "1", "--batch-size", "4"])
+          "mask-attention", "--backbone", "resnet10_half", "--image-size", "16", "--epochs", "1", "--batch-size", "4"])
     return d
 
 
@@ -120,7 +120,7 @@ def test_unreadable_files_are_skipped_and_listed(workdir, tmp_path, capsys):
     assert broken and broken[0]["prediction"] == "" and "Could not decode" in broken[0]["error"]
     assert "skipped 1 unreadable file" in capsys.readouterr().err
     main(["fit", "--data", str(table), "--model", str(tmp_path / "m.joblib"), "--estimator", "mask-attention",
-          "--backbone", "resnet10t", "--image-size", "16", "--epochs", "1", "--batch-size", "4", "--on-error", "skip"])
+          "--backbone", "resnet10_half", "--image-size", "16", "--epochs", "1", "--batch-size", "4", "--on-error", "skip"])
     assert (tmp_path / "m.joblib").exists()
     (workdir / "normal" / "broken.png").unlink()
 

@@ -22,6 +22,12 @@ def test_sklearn_parameter_validation_objects():
                    "c": [_compat.HasMethods(["fit"])]}
     _compat.validate_parameter_constraints(constraints, {"a": 0.5, "b": "x", "c": NeuralNet},
                                            caller_name="t")
+    hidden = {"d": [_compat.Interval(Real, 0, None, closed="neither"),
+                    _compat.Hidden(_compat.StrOptions({"deprecated"}))]}
+    _compat.validate_parameter_constraints(hidden, {"d": "deprecated"}, caller_name="t")
+    with pytest.raises(ValueError, match="'d' parameter of t") as error:
+        _compat.validate_parameter_constraints(hidden, {"d": "other"}, caller_name="t")
+    assert "deprecated" not in str(error.value)  # hidden from the message
     with pytest.raises(ValueError, match="'a' parameter of t"):
         _compat.validate_parameter_constraints(constraints, {"a": 2.0, "b": "x", "c": NeuralNet}, caller_name="t")
 
@@ -77,3 +83,38 @@ def test_torch_cpu_bfloat16_capability_checks():
     flags = open("/proc/cpuinfo").read() if os.path.exists("/proc/cpuinfo") else ""
     if "avx512_bf16" in flags or "amx_tile" in flags:
         assert cpu_has_native_bfloat16()
+
+
+@pytest.mark.parametrize("shuffle", [True, False])
+def test_dataloader_order_matches_a_real_dataloader(shuffle):
+    # same order, and the global generator left in the same state (the next draw agrees)
+    n = 37
+    torch.manual_seed(123)
+    loader_order = torch.cat(list(torch.utils.data.DataLoader(torch.arange(n), batch_size=5, shuffle=shuffle)))
+    after_loader = torch.rand(3)
+    torch.manual_seed(123)
+    order = _compat.dataloader_order(n, shuffle)
+    np.testing.assert_array_equal(order.numpy(), loader_order.numpy())
+    torch.testing.assert_close(torch.rand(3), after_loader)
+
+
+def test_optuna_study_storage():
+    optuna = pytest.importorskip("optuna")
+    storage = optuna.storages.InMemoryStorage()
+    study = optuna.create_study(storage=storage, study_name="s")
+    assert _compat.study_storage(study) is storage
+
+
+def test_skorch_reads_device_attribute_and_pickled_device():
+    # TorchEstimatorMixin's device="auto" relies on skorch reading net.device when it moves the
+    # module, and on its pickled state carrying "device", from which __setstate__ maps tensors.
+    net = NeuralNet(torch.nn.Linear(2, 1), criterion=torch.nn.MSELoss, device="cpu")
+    net.device = "meta"
+    net.initialize()
+    assert net.module_.weight.device.type == "meta"
+    net = NeuralNet(torch.nn.Linear(2, 1), criterion=torch.nn.MSELoss, device="cpu").initialize()
+    state = net.__getstate__()
+    assert state["device"] == "cpu"
+    restored = NeuralNet.__new__(NeuralNet)
+    restored.__setstate__(state)
+    assert restored.device == "cpu" and restored.module_.weight.device.type == "cpu"

@@ -15,7 +15,7 @@ from sklearn.model_selection import GridSearchCV, GroupKFold, cross_validate
 from dp_sklearn import DeepPneumoniaClassifier
 from dp_sklearn.estimators import ContrastivePretrainer, ImageResampler, MaskAttentionClassifier
 
-TINY = dict(backbone="resnet10t", image_size=16, pretrainer=ContrastivePretrainer(max_epochs=1),
+TINY = dict(backbone="resnet10_half", image_size=16, pretrainer=ContrastivePretrainer(max_epochs=1),
             classifier=MaskAttentionClassifier(max_epochs=1), batch_size=8, verbose=0, random_state=0)
 
 
@@ -52,7 +52,7 @@ def test_fit_predict_and_outputs(data):
     assert clf.score(X, y) == accuracy_score(y, clf.predict(X))
     assert isinstance(clf.pretrainer_, ContrastivePretrainer) and len(clf.pretrainer_.history) == 1
     # the stages got the shared parameters, and the classifier warm-started from the fitted pre-trainer
-    assert clf.pretrainer_.backbone == clf.classifier_.backbone == "resnet10t"
+    assert clf.pretrainer_.backbone == clf.classifier_.backbone == "resnet10_half"
     assert clf.classifier_.encoder is clf.pretrainer_ and clf.classifier_.batch_size == 8
 
 
@@ -106,7 +106,7 @@ def test_classifier_params_validated_before_pretraining(data, monkeypatch):
 
 def test_prefit_pretrainer_is_used_as_is(data):
     X, y, masks = data
-    pre = ContrastivePretrainer(backbone="resnet10t", image_size=16, max_epochs=1, batch_size=8, verbose=0,
+    pre = ContrastivePretrainer(backbone="resnet10_half", image_size=16, max_epochs=1, batch_size=8, verbose=0,
                                 random_state=0).fit(X)
     n_epochs = len(pre.history)
     clf = DeepPneumoniaClassifier(**{**TINY, "pretrainer": pre}).fit(X, y, masks=masks)

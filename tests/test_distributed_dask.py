@@ -28,7 +28,7 @@ def fitted_and_paths():
     y = np.asarray(data.target)
     idx = np.concatenate([np.flatnonzero(y == c)[:6] for c in np.unique(y)])
     train = [data.images[i] for i in idx]
-    clf = MaskAttentionClassifier(backbone="resnet10t", image_size=32, max_epochs=1, batch_size=6,
+    clf = MaskAttentionClassifier(backbone="resnet10_half", image_size=32, max_epochs=1, batch_size=6,
                                   device="cpu", random_state=0, verbose=0, augment=False)
     clf.fit(train, y[idx])
     test = [data.images[i] for i in np.flatnonzero(y == 0)[6:11]] + [data.images[i] for i in np.flatnonzero(y == 2)[6:11]]

@@ -105,6 +105,15 @@ def test_lower_layers_do_not_import_the_estimators(layer):
     assert not bad, bad
 
 
+@pytest.mark.parametrize("page", ["architecture.md", "extending.md"])
+def test_guide_code_imports_public_modules_only(page):
+    """The guides show the public way: no import from a private module (``_torch``, ``_compat``...)."""
+    blocks = re.findall(r"^```python\n(.*?)^```", (DOCS / page).read_text(), flags=re.S | re.M)
+    private = [line for block in blocks for line in block.splitlines()
+               if re.match(r"\s*(from|import) dp_sklearn\S*\._", line)]
+    assert not private, private
+
+
 @pytest.mark.docs
 @pytest.mark.parametrize("page", ["architecture.md", "extending.md"])
 def test_guide_code_blocks_run(page, tmp_path, monkeypatch, capsys):

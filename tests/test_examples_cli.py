@@ -57,7 +57,7 @@ def test_cli_fit_predict_round_trip(tmp_path):
         for r in picked:
             w.writerow([CXR1K_DIR / r["image"], r["label"], CXR1K_DIR / r["mask"] if r["mask"] else ""])
     model = tmp_path / "model.joblib"
-    main(["fit", "--data", str(table), "--model", str(model), "--backbone", "resnet10t", "--image-size", "16",
+    main(["fit", "--data", str(table), "--model", str(model), "--backbone", "resnet10_half", "--image-size", "16",
           "--epochs", "1", "--pretrain-epochs", "1", "--batch-size", "6", "--allow-outside-paths"])
     assert model.exists()
     out = tmp_path / "pred.csv"

@@ -91,7 +91,7 @@ def test_gradcam_leaves_no_hooks_no_grads_and_restores_training_mode():
     from dp_sklearn.nn.backbones import build_backbone
 
     torch.manual_seed(0)
-    net = RadiomicsContrastiveNet(build_backbone("resnet10t"), n_classes=3, n_radiomics=54).train()
+    net = RadiomicsContrastiveNet(build_backbone("resnet10_half"), n_classes=3, n_radiomics=54).train()
     bn = net.backbone.stem[1]
     stats = bn.running_mean.clone()
     cam = GradCAM(net)  # default target layer: the backbone
@@ -177,7 +177,7 @@ def test_estimator_gradcam_on_the_plain_cnn(tiny_images):
     from dp_sklearn.estimators.mask_attention import MaskAttentionClassifier
 
     X, y, _ = tiny_images
-    clf = MaskAttentionClassifier("resnet10t", image_size=32, max_epochs=1, batch_size=6, augment=False, verbose=0,
+    clf = MaskAttentionClassifier("resnet10_half", image_size=32, max_epochs=1, batch_size=6, augment=False, verbose=0,
                                   attention_weight=0, contrastive_weight=0, class_balance_beta=0, random_state=0,
                                   device="cpu").fit(X, y)
     heat = estimator_gradcam(clf, X[:3], target=[0, 1, 2])

@@ -190,7 +190,7 @@ def test_network_shapes_and_normalisation():
     assert net(x=x).shape == (3, 128) and net(x=x, output="embedding").shape == (3, 8)
 
 
-@pytest.mark.parametrize("backbone", ["resnet10t", torch.nn.Sequential(torch.nn.Conv2d(1, 6, 3, stride=4, padding=1))])
+@pytest.mark.parametrize("backbone", ["resnet10_half", torch.nn.Sequential(torch.nn.Conv2d(1, 6, 3, stride=4, padding=1))])
 def test_network_on_other_backbones(backbone):
     net = LocalDiscriminationNet(backbone, embedding_dim=4, n_clusters=3)
     e, a = net(x=torch.rand(2, 1, 32, 32), output="dense")
@@ -246,7 +246,7 @@ def test_transform_output_embedding_and_other_layouts(X8):
 
 @pytest.mark.parametrize("kw", [dict(dihedral=False), dict(augment=False, view_augment=False),
                                 dict(augment={"rotation": 0.0}, view_augment={"noise_std": 0.0}),
-                                dict(backbone="resnet10t", image_size=(32, 48))])
+                                dict(backbone="resnet10_half", image_size=(32, 48))])
 def test_augmentation_switches_and_backbones(kw):
     X = np.random.RandomState(1).rand(8, 32, 48).astype(np.float32)
     est = tiny(max_epochs=1, stage1_epochs=0, **kw).fit(X)
@@ -256,6 +256,19 @@ def test_augmentation_switches_and_backbones(kw):
 def test_same_seed_same_result(X8):
     a, b = tiny().fit(X8).transform(X8), tiny().fit(X8).transform(X8)
     np.testing.assert_array_equal(a, b)
+
+
+def test_temperature_is_a_deprecated_name_of_patch_temperature(X8):
+    new = tiny(patch_temperature=0.3).fit(X8)
+    assert new.criterion_.patch.temperature == 0.3
+    old = tiny(temperature=0.3)
+    assert old.get_params()["temperature"] == 0.3 and old.patch_temperature == 0.1
+    with pytest.warns(FutureWarning, match="patch_temperature"):
+        old.fit(X8)
+    assert old.criterion_.patch.temperature == 0.3  # the old name still sets the patch term's temperature
+    np.testing.assert_array_equal(old.transform(X8), new.transform(X8))
+    with pytest.raises(ValueError, match="'temperature' parameter"):
+        tiny(temperature="hot").fit(X8)
 
 
 def test_clone_get_params_and_pickle(X8, tmp_path):
@@ -306,11 +319,11 @@ def _warm_started(ld, backbone, X, y):
     return clf
 
 
-@pytest.mark.parametrize("backbone", ["vgg_class", "vgg_instance", "resnet10t"])
+@pytest.mark.parametrize("backbone", ["vgg_class", "vgg_instance", "resnet10_half"])
 def test_encoder_warm_starts_mask_attention_classifier(X8, backbone):
-    ld_backbone = "resnet10t" if backbone == "resnet10t" else "vgg_ld"
+    ld_backbone = "resnet10_half" if backbone == "resnet10_half" else "vgg_ld"
     ld = tiny(backbone=ld_backbone, max_epochs=1).fit(X8)
-    clf_backbone = {"vgg_class": VGGLDEncoder, "vgg_instance": ld.encoder_, "resnet10t": "resnet10t"}[backbone]
+    clf_backbone = {"vgg_class": VGGLDEncoder, "vgg_instance": ld.encoder_, "resnet10_half": "resnet10_half"}[backbone]
     y = np.array([0, 1] * 4)
     clf = _warm_started(ld, clf_backbone, X8, y)
     got = clf.module_.backbone.state_dict() if hasattr(clf.module_, "backbone") else None
@@ -327,7 +340,7 @@ def test_encoder_warm_starts_mask_attention_classifier(X8, backbone):
 def test_warm_start_with_a_mismatched_backbone_is_a_clear_error(X8):
     ld = tiny(max_epochs=1).fit(X8)
     with pytest.raises(ValueError, match="do not fit the backbone"):
-        _warm_started(ld, "resnet10t", X8, np.array([0, 1] * 4))
+        _warm_started(ld, "resnet10_half", X8, np.array([0, 1] * 4))
 
 
 def test_cluster_dice():
@@ -378,10 +391,10 @@ def test_benchmark_rows_build_unfitted_estimators():
     spec = importlib.util.spec_from_file_location("local_discrimination_eval", path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    p = dict(image_size=32, backbone="resnet10t", epochs=1, pretrain_epochs=2, batch_size=4, lr=1e-3)
+    p = dict(image_size=32, backbone="resnet10_half", epochs=1, pretrain_epochs=2, batch_size=4, lr=1e-3)
     rows = mod.rows(p, "cpu", 0)
     assert [kind for _, _, kind in rows] == ["sklearn", "cnn"]
     probe, fine = rows[0][1](), rows[1][1]()
-    assert probe.steps[0][1].get_params()["backbone"] == "resnet10t"
+    assert probe.steps[0][1].get_params()["backbone"] == "resnet10_half"
     assert fine.pretrainer.max_epochs == 2 and fine.classifier.max_epochs == 1
-    assert fine.pretrainer.stage1_epochs == 1 and clone(fine).classifier.backbone == "resnet10t"
+    assert fine.pretrainer.stage1_epochs == 1 and clone(fine).classifier.backbone == "resnet10_half"

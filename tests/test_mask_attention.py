@@ -26,7 +26,7 @@ from dp_sklearn.nn.attention import MaskAttentionNet
 from dp_sklearn.nn.backbones import build_backbone
 from dp_sklearn.utils.device import seed_everything
 
-TINY = dict(backbone="resnet10t", image_size=32, max_epochs=1, batch_size=4, verbose=0, random_state=0, device="cpu")
+TINY = dict(backbone="resnet10_half", image_size=32, max_epochs=1, batch_size=4, verbose=0, random_state=0, device="cpu")
 
 
 def make(**kw):
@@ -89,14 +89,14 @@ def test_get_set_params_clone(data):
     X, y, masks = data
     clf = make(attention_weight=0.5, backbone_kwargs={"stem_stride": 1})
     params = clf.get_params()
-    assert params["attention_weight"] == 0.5 and params["backbone"] == "resnet10t"
+    assert params["attention_weight"] == 0.5 and params["backbone"] == "resnet10_half"
     clf.set_params(contrastive_weight=0.0, temperature=0.2)
     assert clf.contrastive_weight == 0.0 and clf.temperature == 0.2
     cloned = clone(clf)
     assert cloned.get_params()["temperature"] == 0.2
     assert not hasattr(cloned, "module_")
     # nn.Module parameters (backbone instance, encoder) are accepted by __init__, set_params and clone.
-    module_params = make(backbone=build_backbone("resnet10t"), encoder=build_backbone("resnet10t"))
+    module_params = make(backbone=build_backbone("resnet10_half"), encoder=build_backbone("resnet10_half"))
     clone(module_params).set_params(encoder=None)
     clf.fit(X, y, masks=masks)
     assert clone(clf).get_params()["contrastive_weight"] == 0.0
@@ -117,7 +117,7 @@ def test_sample_weight_multiplies_classification_loss(data):
 def test_warm_start_from_encoder(data):
     X, y, masks = data
     seed_everything(1)
-    enc = build_backbone("resnet10t")
+    enc = build_backbone("resnet10_half")
     clf = make(encoder=enc, max_epochs=1, lr=0.0)  # lr 0: the weights stay the encoder's
     clf.fit(X, y)
     for (name, p), (_, q) in zip(enc.named_parameters(), clf.module_.backbone.named_parameters()):
@@ -221,7 +221,7 @@ def test_masks_move_with_images_under_augmentation():
 def _plain_loop(X, y, epochs, batch_size, lr, weight_decay, pooling):
     """A hand-written PyTorch training loop of the same network with cross-entropy."""
     seed_everything(0)
-    net = MaskAttentionNet(build_backbone("resnet10t", in_channels=1), n_classes=3, hard_attention="none",
+    net = MaskAttentionNet(build_backbone("resnet10_half", in_channels=1), n_classes=3, hard_attention="none",
                            pooling=pooling)
     matrices = [p for p in net.parameters() if p.ndim > 1]
     vectors = [p for p in net.parameters() if p.ndim <= 1]
@@ -409,7 +409,7 @@ def test_plot_attention(data):
 def test_attention_grad_scale_scales_only_the_backbone_gradient_of_the_attention_branch(scale):
     def grads(s):
         torch.manual_seed(0)
-        net = MaskAttentionNet(build_backbone("resnet10t", in_channels=1), n_classes=3, attention_grad_scale=s)
+        net = MaskAttentionNet(build_backbone("resnet10_half", in_channels=1), n_classes=3, attention_grad_scale=s)
         torch.nn.init.normal_(net.attention[2].weight)  # a non-uniform map, so the loss has a gradient
         logits, aux = net(torch.rand(2, 1, 32, 32))
         aux["attention_logits"].square().sum().backward()  # a loss on the attention branch only

@@ -9,7 +9,7 @@ Patient-grouped folds (StratifiedGroupKFold over patient ids); on each held-out 
   (``attention_weight=0, contrastive_weight=0, class_balance_beta=0, pooling="avg"``), on the
   mean over the folds.
 
-Settings: 64 px images, the tiny ``resnet10t`` with a stride-1 stem (an 8x8 feature grid, so
+Settings: 64 px images, the tiny ``resnet10_half`` with a stride-1 stem (an 8x8 feature grid, so
 that a lesion covering ~10 % of the image spans several cells), ``EPOCHS`` epochs, ``N_FOLDS``
 of 5 folds, the classifier's defaults otherwise. Runs on CUDA when present (``device="auto"``),
 otherwise on CPU, where it takes about 30 minutes on 2 cores. The full 5-fold numbers come from
@@ -28,7 +28,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.long]
 
 N_FOLDS = 2
 EPOCHS = 12
-PARAMS = dict(backbone="resnet10t", backbone_kwargs={"stem_stride": 1}, image_size=64, max_epochs=EPOCHS,
+PARAMS = dict(backbone="resnet10_half", backbone_kwargs={"stem_stride": 1}, image_size=64, max_epochs=EPOCHS,
               batch_size=32, lr=1e-3, random_state=0, verbose=0, device="auto")
 PLAIN = dict(attention_weight=0.0, contrastive_weight=0.0, class_balance_beta=0.0, pooling="avg")
 

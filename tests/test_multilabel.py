@@ -54,7 +54,7 @@ NIH = ["Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Effusion", "Emp
 
 
 def small(**kw):
-    params = dict(backbone="resnet10t", image_size=16, embed_dims=(32, 16), max_epochs=1, batch_size=8,
+    params = dict(backbone="resnet10_half", image_size=16, embed_dims=(32, 16), max_epochs=1, batch_size=8,
                   augment=False, verbose=0, device="cpu", random_state=0)
     params.update(kw)
     return MultiLabelMetricClassifier(**params)
@@ -379,7 +379,7 @@ def test_encoder_warm_start_from_pretrainer(tiny_ml):
     from dp_sklearn.nn.backbones import build_backbone
 
     X, Y = tiny_ml
-    pre = ContrastivePretrainer(backbone="resnet10t", image_size=16, projection_dim=8, hidden_dim=16, max_epochs=1,
+    pre = ContrastivePretrainer(backbone="resnet10_half", image_size=16, projection_dim=8, hidden_dim=16, max_epochs=1,
                                 batch_size=8, device="cpu", verbose=0, random_state=0).fit(X)
     clf = small(encoder=pre.encoder_, lr=0.0, weight_decay=0.0).fit(X, Y)
     want = pre.encoder_.state_dict()
@@ -410,7 +410,7 @@ def test_learns_nih_findings_on_cxr1k(cxr64):
     Y = cxr64.multilabel
     train, test = next(StratifiedGroupKFold(n_splits=4, shuffle=True, random_state=0).split(X, cxr64.target,
                                                                                            cxr64.groups))
-    clf = MultiLabelMetricClassifier("resnet10t", 32, label_names=cxr64.multilabel_names, max_epochs=6,
+    clf = MultiLabelMetricClassifier("resnet10_half", 32, label_names=cxr64.multilabel_names, max_epochs=6,
                                      batch_size=64, lr=2e-3, device="cpu", random_state=0, verbose=0)
     clf.fit(X[train], Y[train])
     proba = clf.predict_proba(X[test])

@@ -20,7 +20,7 @@ from dp_sklearn.estimators.callbacks import Throughput, default_callbacks
 from dp_sklearn.estimators.pretrainer import ContrastivePretrainer, SimCLRModule
 from dp_sklearn.nn.heads import ProjectionHead
 
-TINY = dict(backbone="resnet10t", image_size=32, projection_dim=16, hidden_dim=32, batch_size=4,
+TINY = dict(backbone="resnet10_half", image_size=32, projection_dim=16, hidden_dim=32, batch_size=4,
             max_epochs=1, verbose=0, device="cpu", random_state=0)
 
 
@@ -125,7 +125,7 @@ def test_persistence_round_trip_identical_transform(X8, tmp_path, dump):
         joblib.dump(est, tmp_path / "ssl.joblib")
         loaded = joblib.load(tmp_path / "ssl.joblib")
     np.testing.assert_array_equal(loaded.transform(X8), Z)
-    assert loaded.device == "cpu" and loaded.get_params()["backbone"] == "resnet10t"
+    assert loaded.device == "cpu" and loaded.get_params()["backbone"] == "resnet10_half"
 
 
 def test_pickle_of_device_auto_keeps_auto(X8):
@@ -184,7 +184,7 @@ def test_user_backbone_class_and_instance(X8):
 
 
 def test_module_head_is_projection_head():
-    m = SimCLRModule("resnet10t", projection_dim=16, hidden_dim=32)
+    m = SimCLRModule("resnet10_half", projection_dim=16, hidden_dim=32)
     assert isinstance(m.head, ProjectionHead) and m.embedding_dim == 256
     with pytest.raises(ValueError, match="two views"):
         m(x1=torch.zeros(2, 1, 32, 32))
@@ -342,7 +342,7 @@ def _no_warning():
 def test_linear_probe_pretrained_beats_random_init(cxr64):
     """Patient-grouped 5-fold CV on real cxr1k: SimCLR features beat the same untrained encoder.
 
-    CPU quick setting: ``resnet10t`` at 32x32 (cxr1k loaded at 64, resized by the
+    CPU quick setting: ``resnet10_half`` at 32x32 (cxr1k loaded at 64, resized by the
     pretrainer), 10 epochs of batch 64 over all 1124 images, projection 64/256, lr 2e-3,
     temperature 0.2, seed 0. The random-init baseline is the same estimator with
     ``max_epochs=0`` (same architecture and seed, untrained). Pre-training uses no labels,
@@ -355,7 +355,7 @@ def test_linear_probe_pretrained_beats_random_init(cxr64):
     """
     data = cxr64
     X, y, groups = data.images, data.target, data.groups
-    common = dict(backbone="resnet10t", image_size=32, projection_dim=64, hidden_dim=256, batch_size=64,
+    common = dict(backbone="resnet10_half", image_size=32, projection_dim=64, hidden_dim=256, batch_size=64,
                   lr=2e-3, temperature=0.2, patience=None, device="cpu", verbose=0, random_state=0)
     t0 = time.perf_counter()
     Z_pre = ContrastivePretrainer(max_epochs=10, **common).fit(X).transform(X)

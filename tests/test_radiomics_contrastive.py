@@ -217,7 +217,7 @@ def test_radiomic_features_batch_invariant_typed_and_scaled():
 
 # ------------------------------------------------------------------------------ estimator
 def _clf(**kw):
-    params = dict(backbone="resnet10t", image_size=32, max_epochs=1, batch_size=6, augment=False, verbose=0,
+    params = dict(backbone="resnet10_half", image_size=32, max_epochs=1, batch_size=6, augment=False, verbose=0,
                   random_state=0, device="cpu")
     params.update(kw)
     return RadiomicsContrastiveClassifier(**params)
@@ -253,7 +253,7 @@ def test_masks_replace_gradcam_regions_and_batches_read_the_cache(tiny_images):
                 seen.setdefault("radiomics", []).append(out["radiomics"].clone())
             return out
 
-    clf = Spy("resnet10t", image_size=32, max_epochs=1, batch_size=6, augment=False, verbose=0, random_state=0,
+    clf = Spy("resnet10_half", image_size=32, max_epochs=1, batch_size=6, augment=False, verbose=0, random_state=0,
               device="cpu").fit(X, y, masks=masks)
     has = masks.reshape(12, -1).any(1)
     assert clf.n_masks_ == has.sum() == 6
@@ -317,7 +317,7 @@ def test_gradcam_boxes_on_held_out_masks_beat_the_plain_cnn(cxr64):
     d = cxr64
     train, test = next(StratifiedGroupKFold(3, shuffle=True, random_state=0).split(d.images, d.target, d.groups))
     M = np.where(d.mask_available[train, None, None], d.masks[train], False)
-    common = dict(backbone="resnet10t", image_size=64, max_epochs=8, batch_size=64, lr=2e-3, random_state=0,
+    common = dict(backbone="resnet10_half", image_size=64, max_epochs=8, batch_size=64, lr=2e-3, random_state=0,
                   verbose=0, device="cpu")
     rc = RadiomicsContrastiveClassifier(**common).fit(d.images[train], d.target[train], masks=M)
     cnn = MaskAttentionClassifier(attention_weight=0, contrastive_weight=0, class_balance_beta=0, **common)

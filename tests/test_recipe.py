@@ -12,7 +12,7 @@ from dp_sklearn.data.augment import TTA_VIEWS, tta_view
 from dp_sklearn.estimators.mask_attention import MaskAttentionClassifier
 from dp_sklearn.losses.class_balanced import ClassBalancedLoss
 
-TINY = dict(backbone="resnet10t", image_size=32, batch_size=4, verbose=0, random_state=0, device="cpu")
+TINY = dict(backbone="resnet10_half", image_size=32, batch_size=4, verbose=0, random_state=0, device="cpu")
 
 
 @pytest.fixture

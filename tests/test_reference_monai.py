@@ -28,7 +28,7 @@ from _optional import import_or_skip
 from dp_sklearn.explain import GradCAM
 from dp_sklearn.losses.class_balanced import ClassBalancedLoss, effective_number_weights
 from dp_sklearn.losses.contrastive import NTXentLoss
-from dp_sklearn.nn.backbones import resnet10t
+from dp_sklearn.nn.backbones import resnet10_half
 
 TOL = 1e-6
 
@@ -64,7 +64,7 @@ def _minmax(maps):
 class _Classifier(nn.Module):
     def __init__(self, n_classes=3):
         super().__init__()
-        self.backbone = resnet10t(in_channels=1, stem="small", widths=(8, 16, 32, 64))
+        self.backbone = resnet10_half(in_channels=1, stem="small", widths=(8, 16, 32, 64))
         self.head = nn.Linear(64, n_classes)
 
     def forward(self, x):

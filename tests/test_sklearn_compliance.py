@@ -95,7 +95,7 @@ class CheckedLocalDiscrimination(LocalDiscriminationPretrainer):
         return tags
 
 
-TINY = dict(backbone="resnet10t", image_size=None, max_epochs=1, batch_size=8, verbose=0, random_state=0)
+TINY = dict(backbone="resnet10_half", image_size=None, max_epochs=1, batch_size=8, verbose=0, random_state=0)
 
 IMAGE_ONLY = "image estimator: rejects this input with its own clear error, not the tabular wording the check expects"
 SKORCH_INIT = "skorch's NeuralNet.__init__ sets history_, initialized_, virtual_params_ (skorch's design)"

@@ -391,7 +391,7 @@ def test_mask_attention_study_on_cxr1k_16px(tmp_path):
     idx = np.sort(idx)
     X, y, masks, groups = data.images[idx], data.target[idx], data.masks[idx], data.groups[idx]
     assert masks.any(axis=(1, 2)).sum() >= 6
-    est = mod.MaskAttentionClassifier(backbone="resnet10t", image_size=16, max_epochs=2, batch_size=32,
+    est = mod.MaskAttentionClassifier(backbone="resnet10_half", image_size=16, max_epochs=2, batch_size=32,
                                       augment=False, device="cpu", random_state=0, verbose=0)
     res = tune(est, X, y, masks=masks, groups=groups, cv=2, n_trials=2, storage=tmp_path / "ma.sqlite3",
                study_name="ma", verbose=0, refit=False)

@@ -147,7 +147,7 @@ def test_tune_gives_every_trial_and_fold_its_own_checkpoint(tmp_path):
     rng = np.random.RandomState(0)
     X = rng.rand(16, 32, 32).astype(np.float32)
     y = np.array([0, 1] * 8)
-    est = MaskAttentionClassifier("resnet10t", image_size=32, max_epochs=2, batch_size=4, augment=False,
+    est = MaskAttentionClassifier("resnet10_half", image_size=32, max_epochs=2, batch_size=4, augment=False,
                                   verbose=0, device="cpu", random_state=0, checkpoint_dir=str(tmp_path / "ckpt"))
     res = tune(est, X, y, search_space={"lr": FloatDistribution(1e-4, 1e-2, log=True)}, n_trials=2, cv=2,
                scoring="accuracy", storage=tmp_path / "s.sqlite3", study_name="cxr/study 1",

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 
+from .._compat import dataloader_order
 from .dataset import XRayDataset
 
 __all__ = ["InMemoryBatches", "XRayBatches"]
@@ -57,15 +58,9 @@ class XRayBatches:
     def __iter__(self):
         ds, b = self.dataset, self.batch_size
         n = len(ds)
-        # Consume the global RNG exactly as a DataLoader does (its workers' base seed, then
-        # RandomSampler's seed), so both paths give one batch order and one augmentation stream.
-        torch.empty((), dtype=torch.int64).random_()
-        if self.shuffle:
-            generator = torch.Generator()
-            generator.manual_seed(int(torch.empty((), dtype=torch.int64).random_().item()))
-            order = torch.randperm(n, generator=generator)
-        else:
-            order = torch.arange(n)
+        # The order a DataLoader would give, drawing the same numbers from the global RNG, so both
+        # paths give one batch order and one augmentation stream (see dp_sklearn._compat).
+        order = dataloader_order(n, self.shuffle)
         stop = (n // b) * b if self.drop_last else n
         weights = getattr(ds, "sample_weight", None)
         for start in range(0, stop, b):

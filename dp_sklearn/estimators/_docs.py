@@ -16,7 +16,7 @@ __all__ = ["SHARED_PARAMETERS", "fill_doc"]
 #: Parameters section and :func:`fill_doc` puts the entry there.
 SHARED_PARAMETERS = {
     "backbone": """backbone : str, nn.Module subclass or instance
-        Feature extractor, see :func:`dp_sklearn.nn.backbones.build_backbone` (``"resnet10t"`` is
+        Feature extractor, see :func:`dp_sklearn.nn.backbones.build_backbone` (``"resnet10_half"`` is
         the small CPU variant). An instance is deep-copied at ``fit``: the object you pass is
         never trained in place.""",
     "image_size": """image_size : int, (int, int) or None, default=224

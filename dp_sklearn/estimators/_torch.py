@@ -45,13 +45,17 @@ class TorchEstimatorMixin:
     # ------------------------------------------------------------------ device
     @contextlib.contextmanager
     def _resolved_device(self):
-        """Let skorch see a concrete device while the ``device`` parameter keeps e.g. ``"auto"``."""
-        requested = self.__dict__.get("device", "auto")
-        self.__dict__["device"] = resolve_device(requested)
+        """Let skorch see a concrete device while the ``device`` parameter keeps e.g. ``"auto"``.
+
+        skorch reads its public ``device`` attribute whenever it moves modules or tensors; for the
+        time of the call it holds the resolved device, then the user's value again.
+        """
+        requested = getattr(self, "device", "auto")
+        self.device = resolve_device(requested)
         try:
-            yield self.__dict__["device"]
+            yield self.device
         finally:
-            self.__dict__["device"] = requested
+            self.device = requested
 
     def initialize(self):
         with self._resolved_device() as device:
@@ -83,10 +87,10 @@ class TorchEstimatorMixin:
             state["device"] = resolve_device("auto")
         super().__setstate__(state)
         if requested in (None, "auto"):
-            self.__dict__["device"] = requested
-        if "device_" in self.__dict__:
+            self.device = requested
+        if "device_" in vars(self):
             # skorch mapped the tensors to state["device"] (CPU when CUDA is missing here); follow it.
-            self.device_ = resolve_device("auto") if requested in (None, "auto") else str(self.__dict__["device"])
+            self.device_ = resolve_device("auto") if requested in (None, "auto") else str(self.device)
             self.amp_dtype_ = resolve_precision(getattr(self, "precision", "auto"), self.device_)
 
     # ------------------------------------------------------------------ data

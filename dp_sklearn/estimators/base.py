@@ -46,7 +46,10 @@ from ._docs import SHARED_PARAMETERS, fill_doc  # noqa: F401  (re-exported)
 from ._torch import TorchEstimatorMixin, _as_size
 from .callbacks import WarmupCosineLR, default_callbacks, remaining_epochs
 
-__all__ = ["PretrainerBase", "SHARED_PARAMETERS", "TorchClassifierBase", "TorchEstimatorBase", "fill_doc"]
+# Interval and StrOptions (scikit-learn's parameter constraints, borrowed through dp_sklearn._compat)
+# are re-exported for the ``_parameter_constraints`` of estimators written on these bases.
+__all__ = ["Interval", "PretrainerBase", "SHARED_PARAMETERS", "StrOptions", "TorchClassifierBase",
+           "TorchEstimatorBase", "fill_doc"]
 
 class TorchEstimatorBase(TorchEstimatorMixin):
     """Base of every dp_sklearn torch estimator (see the module docstring).

@@ -112,7 +112,7 @@ class DeepPneumoniaClassifier(ClassifierMixin, TransformerMixin, BaseEstimator):
     >>> rng = np.random.RandomState(0)
     >>> X = rng.rand(16, 32, 32).astype("float32"); y = np.array([0, 1] * 8)
     >>> masks = np.zeros((16, 32, 32), bool); masks[::2, 8:20, 8:20] = True
-    >>> clf = DeepPneumoniaClassifier(backbone="resnet10t", image_size=32, batch_size=8,
+    >>> clf = DeepPneumoniaClassifier(backbone="resnet10_half", image_size=32, batch_size=8,
     ...                               pretrainer=ContrastivePretrainer(max_epochs=1),
     ...                               classifier=MaskAttentionClassifier(max_epochs=1, attention_weight=2.0),
     ...                               verbose=0, random_state=0)

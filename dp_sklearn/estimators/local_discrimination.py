@@ -20,6 +20,7 @@ pre-trainer's. :func:`cluster_dice` scores how well one of the regions matches l
 from __future__ import annotations
 
 import copy
+import warnings
 from numbers import Integral, Real
 
 import numpy as np
@@ -29,10 +30,10 @@ from skorch.callbacks import EarlyStopping
 from sklearn.base import TransformerMixin
 from torch import nn
 
-from .._compat import Interval, StrOptions
+from .._compat import Hidden, Interval, StrOptions
 from ..data.augment import build_augment
 from ..losses.local_discrimination import LocalDiscriminationLoss
-from ..nn.backbones import BACKBONES
+from ..nn.backbones import BACKBONES, DEPRECATED_BACKBONES
 from ..nn.local_discrimination import LocalDiscriminationNet, dihedral
 from ._torch import _as_size
 from .base import PretrainerBase, fill_doc
@@ -89,7 +90,7 @@ class LocalDiscriminationPretrainer(PretrainerBase, TransformerMixin, skorch.Neu
     backbone : str, nn.Module subclass or instance, default="vgg_ld"
         ``"vgg_ld"``: the reference VGG-style encoder with BatchNorm (16-32-64-128-128, stride 16,
         :class:`~dp_sklearn.nn.local_discrimination.VGGLDEncoder`) and a U-Net decoder. A name of
-        :func:`~dp_sklearn.nn.backbones.build_backbone` (``"resnet10t"``, ``"resnet18"``...): that
+        :func:`~dp_sklearn.nn.backbones.build_backbone` (``"resnet10_half"``, ``"resnet18"``...): that
         ResNet, whose stem and stages feed the U-Net decoder, so ``encoder_`` warm-starts
         ``MaskAttentionClassifier(backbone=<same name>)``. A module (deep-copied at each fit) or
         class returning a feature map: one upsampling decoder over its map (or its
@@ -103,10 +104,14 @@ class LocalDiscriminationPretrainer(PretrainerBase, TransformerMixin, skorch.Neu
         Number ``K`` of soft regions.
     patch_grid : int, default=8
         Patch discrimination pools the embeddings to ``patch_grid x patch_grid`` patches.
-    temperature : float, default=0.1
-        Patch-discrimination temperature.
-    region_temperature : float, default=0.2
-        Region-discrimination temperature.
+    patch_temperature : float > 0, default=0.1
+        Softmax temperature of the patch-discrimination term (both stages; an NT-Xent loss over
+        the ``patch_grid x patch_grid`` pooled patches of the two views): the cosine similarities
+        between the batch's patches are divided by it.
+    region_temperature : float > 0, default=0.2
+        Softmax temperature of the region-discrimination term (stage 2): similarities between
+        each image's ``n_clusters`` region embeddings and the batch's region centres are divided
+        by it.
     ld_weight : float, default=10
         Weight of region discrimination (stage 2).
     entropy_weight : float, default=0.1
@@ -160,8 +165,12 @@ class LocalDiscriminationPretrainer(PretrainerBase, TransformerMixin, skorch.Neu
     module, criterion, optimizer, train_split, callbacks, torch_load_kwargs, **kwargs
         skorch parameters. ``module`` is called as ``module(backbone=..., embedding_dim=...,
         n_clusters=..., **module__kwargs)``; ``criterion`` as ``criterion(patch_grid=...,
-        temperature=..., region_temperature=..., ld_weight=..., entropy_weight=...,
+        temperature=patch_temperature, region_temperature=..., ld_weight=..., entropy_weight=...,
         mixup_weight=..., **criterion__kwargs)``.
+    temperature : float > 0 or "deprecated", default="deprecated"
+        Deprecated name of ``patch_temperature`` (a ``FutureWarning`` at ``fit``; when given it
+        overrides ``patch_temperature``). Renamed because ``temperature`` of the other estimators
+        is the temperature of their only contrastive term, while this estimator has two.
 
     Attributes
     ----------
@@ -195,12 +204,14 @@ class LocalDiscriminationPretrainer(PretrainerBase, TransformerMixin, skorch.Neu
 
     _parameter_constraints = {
         **PretrainerBase._parameter_constraints,
-        "backbone": [StrOptions(set(BACKBONES)), callable],
+        "backbone": [StrOptions(set(BACKBONES) | set(DEPRECATED_BACKBONES), deprecated=set(DEPRECATED_BACKBONES)),
+                     callable],
         "image_size": [Interval(Integral, 16, None, closed="left"), tuple, list, None],
         "embedding_dim": [Interval(Integral, 1, None, closed="left")],
         "n_clusters": [Interval(Integral, 2, None, closed="left")],
         "patch_grid": [Interval(Integral, 1, None, closed="left")],
-        "temperature": [Interval(Real, 0, None, closed="neither")],
+        "patch_temperature": [Interval(Real, 0, None, closed="neither")],
+        "temperature": [Interval(Real, 0, None, closed="neither"), Hidden(StrOptions({"deprecated"}))],
         "region_temperature": [Interval(Real, 0, None, closed="neither")],
         "ld_weight": [Interval(Real, 0, None, closed="left")],
         "entropy_weight": [Interval(Real, 0, None, closed="left")],
@@ -220,7 +231,7 @@ class LocalDiscriminationPretrainer(PretrainerBase, TransformerMixin, skorch.Neu
         embedding_dim=32,
         n_clusters=16,
         patch_grid=8,
-        temperature=0.1,
+        patch_temperature=0.1,
         region_temperature=0.2,
         ld_weight=10.0,
         entropy_weight=0.1,
@@ -248,6 +259,7 @@ class LocalDiscriminationPretrainer(PretrainerBase, TransformerMixin, skorch.Neu
         train_split=None,
         callbacks=None,
         torch_load_kwargs=None,
+        temperature="deprecated",
         **kwargs,
     ):
         super().__init__(
@@ -262,6 +274,7 @@ class LocalDiscriminationPretrainer(PretrainerBase, TransformerMixin, skorch.Neu
         self.embedding_dim = embedding_dim
         self.n_clusters = n_clusters
         self.patch_grid = patch_grid
+        self.patch_temperature = patch_temperature
         self.temperature = temperature
         self.region_temperature = region_temperature
         self.ld_weight = ld_weight
@@ -275,6 +288,9 @@ class LocalDiscriminationPretrainer(PretrainerBase, TransformerMixin, skorch.Neu
     # ------------------------------------------------------------------ validation
     def _validate_hyperparams(self):
         super()._validate_hyperparams()
+        if self.temperature != "deprecated":
+            warnings.warn("LocalDiscriminationPretrainer's `temperature` was renamed `patch_temperature` (it is the "
+                          "patch-discrimination term's); `temperature` will be removed.", FutureWarning, stacklevel=3)
         if self.image_size is not None:
             size = _as_size(self.image_size)
             if len(size) != 2 or min(size) < 16:
@@ -365,7 +381,8 @@ class LocalDiscriminationPretrainer(PretrainerBase, TransformerMixin, skorch.Neu
         return self
 
     def initialize_criterion(self):
-        kwargs = dict(patch_grid=self.patch_grid, temperature=self.temperature,
+        patch_temperature = self.patch_temperature if self.temperature == "deprecated" else self.temperature
+        kwargs = dict(patch_grid=self.patch_grid, temperature=patch_temperature,
                       region_temperature=self.region_temperature, ld_weight=self.ld_weight,
                       entropy_weight=self.entropy_weight, mixup_weight=self.mixup_weight)
         kwargs.update(self.get_params_for("criterion"))

@@ -69,7 +69,10 @@ class MaskAttentionClassifier(TorchClassifierBase, NeuralNetClassifier):
     contrastive_weight : float >= 0, default=0.1
         Weight of the contrastive regulation; ``0`` switches it off (no projection head).
     temperature : float > 0, default=0.1
-        Temperature of the supervised-contrastive loss.
+        Softmax temperature of the contrastive regulation (the ``contrastive_weight`` term, a
+        supervised-contrastive loss over projected whole-image, lesion and background features):
+        their cosine similarities are divided by it. As in every estimator with one contrastive
+        term, ``temperature`` is that term's; smaller values sharpen it.
     class_balance_beta : float in [0, 1), default=0.999
         Effective-number ``beta`` of the class-balanced loss; ``0`` gives unweighted losses (plain
         ``nn.CrossEntropyLoss`` for ``loss_type="softmax"``). Class counts come from the training
@@ -173,7 +176,7 @@ class MaskAttentionClassifier(TorchClassifierBase, NeuralNetClassifier):
     >>> X = rng.rand(12, 32, 32).astype(np.float32)
     >>> y = np.array(["normal", "pneumonia", "covid19"] * 4)
     >>> masks = np.zeros((12, 32, 32), dtype=bool); masks[::3, 8:20, 8:20] = True
-    >>> clf = MaskAttentionClassifier("resnet10t", image_size=32, max_epochs=1, batch_size=4,
+    >>> clf = MaskAttentionClassifier("resnet10_half", image_size=32, max_epochs=1, batch_size=4,
     ...                               augment=False, verbose=0, random_state=0)
     >>> clf.fit(X, y, masks=masks).predict(X[:2]).shape
     (2,)

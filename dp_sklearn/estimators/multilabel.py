@@ -186,7 +186,7 @@ class MultiLabelMetricClassifier(TorchClassifierBase, ClassifierMixin, NeuralNet
     >>> rng = np.random.RandomState(0)
     >>> X = rng.rand(12, 32, 32).astype(np.float32)
     >>> Y = np.array([[1, 0, 0], [0, 1, 1], [0, 0, 0], [1, 0, 1]] * 3)
-    >>> clf = MultiLabelMetricClassifier("resnet10t", image_size=32, label_names=["Effusion", "Mass", "Edema"],
+    >>> clf = MultiLabelMetricClassifier("resnet10_half", image_size=32, label_names=["Effusion", "Mass", "Edema"],
     ...                                  max_epochs=1, batch_size=4, augment=False, verbose=0, random_state=0)
     >>> clf.fit(X, Y).predict_proba(X[:2]).shape
     (2, 3)

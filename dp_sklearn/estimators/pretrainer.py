@@ -27,7 +27,7 @@ from torch import nn
 from .._compat import Interval, StrOptions
 from ..data.augment import two_views
 from ..losses.contrastive import NTXentLoss
-from ..nn.backbones import BACKBONES
+from ..nn.backbones import BACKBONES, DEPRECATED_BACKBONES
 from ..nn.simclr import SimCLRModule
 from .base import PretrainerBase, fill_doc
 
@@ -50,7 +50,7 @@ class ContrastivePretrainer(PretrainerBase, TransformerMixin, skorch.NeuralNet):
     ----------
     backbone : str, nn.Module subclass or nn.Module instance, default="vgg_compact"
         Encoder, see :func:`dp_sklearn.nn.backbones.build_backbone`: ``"vgg_compact"`` (the
-        default, fast on a CPU), ``"resnet10t"``, ``"resnet10"``, ``"resnet18"``, ``"resnet34"``,
+        default, fast on a CPU), ``"resnet10_half"``, ``"resnet10"``, ``"resnet18"``, ``"resnet34"``,
         ``"resnet50"``, or a user module returning a feature map ``(N, C, h, w)``. An
         instance is deep-copied at each ``fit``, so its weights are the starting point
         and the object you passed is not trained in place.
@@ -63,8 +63,11 @@ class ContrastivePretrainer(PretrainerBase, TransformerMixin, skorch.NeuralNet):
         Output dimension of the projection head.
     hidden_dim : int, default=512
         Hidden width of the projection head.
-    temperature : float, default=0.2
-        NT-Xent temperature.
+    temperature : float > 0, default=0.2
+        Softmax temperature of the NT-Xent (SimCLR) loss, the only training loss here: cosine
+        similarities between the projections of two views of an image and all other views in
+        the batch are divided by it. As in every estimator with one contrastive term,
+        ``temperature`` is that term's; smaller values sharpen it.
     batch_size : int, default=64
         Images per batch (each gives two views, so ``2 * batch_size - 2`` negatives per
         view). At least 2 and at most the number of images; the last incomplete batch of
@@ -162,7 +165,7 @@ class ContrastivePretrainer(PretrainerBase, TransformerMixin, skorch.NeuralNet):
     >>> from sklearn.pipeline import make_pipeline
     >>> rng = np.random.RandomState(0)
     >>> X, y = rng.rand(8, 32, 32).astype(np.float32), np.array([0, 1] * 4)
-    >>> ssl = ContrastivePretrainer(backbone="resnet10t", image_size=32, projection_dim=16,
+    >>> ssl = ContrastivePretrainer(backbone="resnet10_half", image_size=32, projection_dim=16,
     ...                             hidden_dim=32, batch_size=4, max_epochs=1, verbose=0,
     ...                             device="cpu", random_state=0)
     >>> ssl.fit(X).transform(X).shape
@@ -173,7 +176,8 @@ class ContrastivePretrainer(PretrainerBase, TransformerMixin, skorch.NeuralNet):
 
     _parameter_constraints = {
         **PretrainerBase._parameter_constraints,
-        "backbone": [StrOptions(set(BACKBONES)), callable],
+        "backbone": [StrOptions(set(BACKBONES) | set(DEPRECATED_BACKBONES), deprecated=set(DEPRECATED_BACKBONES)),
+                     callable],
         "projection_dim": [Interval(Integral, 1, None, closed="left")],
         "hidden_dim": [Interval(Integral, 1, None, closed="left")],
         "temperature": [Interval(Real, 0, None, closed="neither")],

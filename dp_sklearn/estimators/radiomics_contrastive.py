@@ -77,7 +77,11 @@ class RadiomicsContrastiveClassifier(TorchClassifierBase, NeuralNetClassifier):
         Weight of the image-radiomics NT-Xent term; 0 trains the image branch alone (a focal-loss
         CNN; regions are then still computed, for ``train_boxes_``).
     temperature : float > 0, default=0.5
-        NT-Xent temperature (the authors' value).
+        Softmax temperature of the image-radiomics NT-Xent term (the ``contrastive_weight`` term,
+        an image's projection and its radiomics projection being the two views): the cosine
+        similarities between the batch's projections are divided by it (0.5, the authors'
+        value). As in every estimator with one contrastive term, ``temperature`` is that term's;
+        smaller values sharpen it.
     focal_gamma : float >= 0, default=2.0
         Focal-loss gamma (Lin et al.'s default; the loss is the sigmoid focal loss).
     class_balance_beta : float in [0, 1), default=0.0
@@ -137,7 +141,7 @@ class RadiomicsContrastiveClassifier(TorchClassifierBase, NeuralNetClassifier):
     >>> rng = np.random.RandomState(0)
     >>> X = rng.rand(12, 32, 32).astype(np.float32)
     >>> y = np.array(["normal", "pneumonia", "covid19"] * 4)
-    >>> clf = RadiomicsContrastiveClassifier("resnet10t", image_size=32, max_epochs=1, batch_size=6,
+    >>> clf = RadiomicsContrastiveClassifier("resnet10_half", image_size=32, max_epochs=1, batch_size=6,
     ...                                      augment=False, verbose=0, random_state=0)
     >>> clf.fit(X, y).predict(X[:2]).shape
     (2,)

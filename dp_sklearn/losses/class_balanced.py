@@ -36,6 +36,7 @@ from torch import nn
 from .._compat import Interval, validate_params
 # The training-recipe helpers live in dp_sklearn.nn.optim; re-exported here, their old home.
 from ..nn.optim import init_last_layer_bias, last_linear_bias_name, param_groups_without_bias_decay  # noqa: F401
+from ._buffers import accept_unset_buffers
 
 __all__ = [
     "BETA_GRID",
@@ -437,6 +438,7 @@ class ClassBalancedLoss(nn.Module):
         self.gamma = float(gamma)
         self.samples_per_class = None
         self.register_buffer("weight", None)
+        accept_unset_buffers(self, "weight")  # a module created without counts accepts the weights of a trained one
         if samples_per_class is not None:
             self.set_samples_per_class(samples_per_class)
 
@@ -513,14 +515,6 @@ class ClassBalancedLoss(nn.Module):
                 )
             counts = np.bincount(y, minlength=n_classes).astype(np.float64)
         return self.set_samples_per_class(counts)
-
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        # A module created without counts has weight=None, which is not a state_dict
-        # entry; accept the weights of a trained criterion.
-        key = prefix + "weight"
-        if self.weight is None and key in state_dict:
-            self.weight = torch.empty_like(state_dict[key], dtype=torch.float32)
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def extra_repr(self):
         w = None if self.weight is None else [round(float(v), 4) for v in self.weight]

@@ -83,6 +83,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ._buffers import accept_unset_buffers
 from .class_balanced import effective_number_weights
 
 __all__ = ["DualWeightedMetricLoss", "PrototypeConsistencyLoss", "label_frequency_weights"]
@@ -175,6 +176,7 @@ class DualWeightedMetricLoss(nn.Module):
         self.category_weight = bool(category_weight)
         self.beta = float(beta)
         self.register_buffer("label_weight", None)
+        accept_unset_buffers(self, "label_weight")
         self.last_terms = {}
         if positives_per_label is not None:
             self.set_label_counts(positives_per_label)
@@ -184,12 +186,6 @@ class DualWeightedMetricLoss(nn.Module):
         w = label_frequency_weights(positives_per_label, self.beta)
         self.label_weight = torch.as_tensor(w, dtype=torch.float32)
         return self
-
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        key = prefix + "label_weight"
-        if self.label_weight is None and key in state_dict:
-            self.label_weight = torch.empty_like(state_dict[key], dtype=torch.float32)
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def extra_repr(self):
         return (f"scale={self.scale}, margin={self.margin}, rank_weight={self.rank_weight}, "

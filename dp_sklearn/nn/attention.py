@@ -181,7 +181,7 @@ class MaskAttentionNet(nn.Module):
     --------
     >>> import torch
     >>> from dp_sklearn.nn.backbones import build_backbone
-    >>> net = MaskAttentionNet(build_backbone("resnet10t"), n_classes=3, projection_dim=16)
+    >>> net = MaskAttentionNet(build_backbone("resnet10_half"), n_classes=3, projection_dim=16)
     >>> logits, aux = net(torch.zeros(2, 1, 64, 64))
     >>> logits.shape, aux["attention_logits"].shape
     (torch.Size([2, 3]), torch.Size([2, 1, 4, 4]))

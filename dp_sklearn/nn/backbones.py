@@ -10,29 +10,35 @@ exposes two plain ``int`` attributes that the estimators read:
 
 Named backbones (see :data:`BACKBONES` and :func:`build_backbone`):
 
-============== ============== ======================== ========== ======= ============
-name           block          layers                   widths     stem    stride
-============== ============== ======================== ========== ======= ============
-``resnet10t``  BasicBlock     [1, 1, 1, 1]             32..256    small   16
-``resnet10``   BasicBlock     [1, 1, 1, 1]             64..512    imagenet 32
-``resnet18``   BasicBlock     [2, 2, 2, 2]             64..512    imagenet 32
-``resnet34``   BasicBlock     [3, 4, 6, 3]             64..512    imagenet 32
-``resnet50``   Bottleneck     [3, 4, 6, 3]             64..512 x4 imagenet 32
-============== ============== ======================== ========== ======= ============
+================= ============== ======================== ========== ======== ============
+name              block          layers                   widths     stem     stride
+================= ============== ======================== ========== ======== ============
+``resnet10_half`` BasicBlock     [1, 1, 1, 1]             32..256    small    16
+``resnet10``      BasicBlock     [1, 1, 1, 1]             64..512    imagenet 32
+``resnet18``      BasicBlock     [2, 2, 2, 2]             64..512    imagenet 32
+``resnet34``      BasicBlock     [3, 4, 6, 3]             64..512    imagenet 32
+``resnet50``      Bottleneck     [3, 4, 6, 3]             64..512 x4 imagenet 32
+================= ============== ======================== ========== ======== ============
 
-``resnet10t`` ("tiny") is meant for quick runs on CPU with small images (64-128 px): half
-the widths and a 3x3 stride-2 stem without max-pool, so a 64 px image still gives a
-4x4 map and a 128 px image an 8x8 map.
+``resnet10_half`` is meant for quick runs on CPU with small images (64-128 px): ResNet-10 at
+half the widths (1.2 M parameters) with a 3x3 stride-2 stem without max-pool, so a 64 px image
+still gives a 4x4 map and a 128 px image an 8x8 map.
+
+It was called ``resnet10t`` before; that name is still accepted (see
+:data:`DEPRECATED_BACKBONES`) with a ``FutureWarning``, because timm's ``resnet10t`` is another
+network (full widths, a three-convolution "tiered" stem, 4.9 M parameters).
 """
 
 from __future__ import annotations
 
 import inspect
+import warnings
 
 import torch
 from torch import nn
 
-__all__ = ["BACKBONES", "BasicBlock", "Bottleneck", "CompactVGG", "FeatureBackbone", "ResNet", "build_backbone"]
+__all__ = ["BACKBONES", "DEPRECATED_BACKBONES", "BasicBlock", "Bottleneck", "CompactVGG", "FeatureBackbone", "ResNet",
+           "build_backbone"]
 
 
 def _conv3x3(in_ch: int, out_ch: int, stride: int = 1) -> nn.Conv2d:
@@ -238,10 +244,16 @@ class ResNet(nn.Module):
         return self.layer4(x)
 
 
-def resnet10t(in_channels: int = 1, **kwargs) -> ResNet:
-    """Tiny ResNet-10 for CPU: BasicBlock [1,1,1,1], widths (32,64,128,256), small stem, stride 16."""
+def resnet10_half(in_channels: int = 1, **kwargs) -> ResNet:
+    """Half-width ResNet-10 for CPU: BasicBlock [1,1,1,1], widths (32,64,128,256), small stem, stride 16."""
     kwargs = {"widths": (32, 64, 128, 256), "stem": "small", **kwargs}
     return ResNet(BasicBlock, [1, 1, 1, 1], in_channels=in_channels, **kwargs)
+
+
+def resnet10t(in_channels: int = 1, **kwargs) -> ResNet:
+    """Deprecated name of :func:`resnet10_half` (not timm's ``resnet10t``); warns ``FutureWarning``."""
+    _warn_deprecated_name("resnet10t")
+    return resnet10_half(in_channels=in_channels, **kwargs)
 
 
 def resnet10(in_channels: int = 1, **kwargs) -> ResNet:
@@ -270,7 +282,7 @@ class CompactVGG(nn.Module):
     Four stages of 3x3 convolution + BatchNorm + ReLU, a 2x2 max-pool before stages 2-4; stage 1
     has one convolution, stages 2-4 have ``convs_per_stage`` each. A 64 px radiograph gives an 8x8
     feature map (the attention grid) for about 97 M multiply-adds with the default widths
-    (43 M with widths 16-128, less than ``resnet10t`` needs for a 4x4 grid, 62 M).
+    (43 M with widths 16-128, less than ``resnet10_half`` needs for a 4x4 grid, 62 M).
 
     Parameters
     ----------
@@ -332,7 +344,7 @@ def vgg_ld(in_channels: int = 1, **kwargs) -> nn.Module:
 
 
 BACKBONES = {
-    "resnet10t": resnet10t,
+    "resnet10_half": resnet10_half,
     "resnet10": resnet10,
     "resnet18": resnet18,
     "resnet34": resnet34,
@@ -340,6 +352,18 @@ BACKBONES = {
     "vgg_ld": vgg_ld,
     "vgg_compact": vgg_compact,
 }
+
+
+#: Old backbone names still accepted, with a ``FutureWarning``: ``{old name: new name}``.
+DEPRECATED_BACKBONES = {"resnet10t": "resnet10_half"}
+
+
+def _warn_deprecated_name(name: str) -> None:
+    warnings.warn(
+        f"backbone {name!r} is deprecated and will be removed: use {DEPRECATED_BACKBONES[name]!r}, the same "
+        f"network under a name that says what it is (timm's {name!r} is a different, larger network).",
+        FutureWarning, stacklevel=3,
+    )
 
 
 def _accepts(cls, name: str) -> bool:
@@ -388,8 +412,9 @@ def build_backbone(backbone="resnet18", in_channels: int = 1, **kwargs) -> nn.Mo
     Parameters
     ----------
     backbone : str, nn.Module subclass or nn.Module instance, default="resnet18"
-        - a name in :data:`BACKBONES` (``"resnet10t"``, ``"resnet10"``, ``"resnet18"``,
-          ``"resnet34"``, ``"resnet50"``), built with ``in_channels`` and ``kwargs``
+        - a name in :data:`BACKBONES` (``"resnet10_half"``, ``"resnet10"``, ``"resnet18"``,
+          ``"resnet34"``, ``"resnet50"``, ``"vgg_compact"``, ``"vgg_ld"``; the old names in
+          :data:`DEPRECATED_BACKBONES` with a ``FutureWarning``), built with ``in_channels`` and ``kwargs``
           (e.g. ``widths=``, ``stem=``, ``stem_stride=``; see :class:`ResNet`);
         - an ``nn.Module`` subclass, instantiated as ``cls(in_channels=in_channels, **kwargs)``
           when its signature takes ``in_channels`` (or ``**kwargs``), else ``cls(**kwargs)``;
@@ -424,7 +449,7 @@ def build_backbone(backbone="resnet18", in_channels: int = 1, **kwargs) -> nn.Mo
     Examples
     --------
     >>> import torch
-    >>> net = build_backbone("resnet10t")
+    >>> net = build_backbone("resnet10_half")
     >>> net(torch.zeros(2, 1, 64, 64)).shape, net.out_channels, net.stride
     (torch.Size([2, 256, 4, 4]), 256, 16)
     >>> user = torch.nn.Sequential(torch.nn.Conv2d(1, 8, 3, stride=2, padding=1), torch.nn.ReLU())
@@ -433,6 +458,9 @@ def build_backbone(backbone="resnet18", in_channels: int = 1, **kwargs) -> nn.Mo
     (8, 2, True)
     """
     if isinstance(backbone, str):
+        if backbone in DEPRECATED_BACKBONES:
+            _warn_deprecated_name(backbone)
+            backbone = DEPRECATED_BACKBONES[backbone]
         if backbone not in BACKBONES:
             raise ValueError(f"unknown backbone {backbone!r}; valid names are {sorted(BACKBONES)}.")
         return BACKBONES[backbone](in_channels=in_channels, **kwargs)

