@@ -148,6 +148,23 @@ def test_a_planted_checkpoint_cannot_run_code(tmp_path):
     assert not marker.exists()
 
 
+@pytest.mark.parametrize("name", ["ContrastivePretrainer", "LocalDiscriminationPretrainer"])
+def test_skorch_load_params_of_the_pretrainers_refuses_a_planted_file(tmp_path, name):
+    # Issue 17: both pre-trainers defaulted to torch_load_kwargs={"weights_only": False}, so skorch's
+    # load_params (its own checkpoint/resume route) ran a planted file's payload.
+    import pickle
+
+    import dp_sklearn.estimators as E
+
+    marker = tmp_path / "pwned"
+    subprocess.run([sys.executable, "-c", PAYLOAD, str(tmp_path), str(marker), "params.pt"], check=True)
+    est = getattr(E, name)(backbone="resnet10t", image_size=32, batch_size=4, max_epochs=1, verbose=0, device="cpu")
+    assert est.torch_load_kwargs is None  # skorch's default: weights_only=True
+    with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
+        est.initialize().load_params(f_params=str(tmp_path / "params.pt"))
+    assert not marker.exists()
+
+
 def test_checkpoint_file_is_loadable_with_weights_only(tmp_path):
     X, y, masks = data()
     classifier(max_epochs=1, checkpoint_dir=tmp_path).fit(X, y, masks=masks)
