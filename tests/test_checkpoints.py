@@ -80,6 +80,26 @@ def test_resumed_fit_runs_every_epoch_at_the_uninterrupted_lr_and_gives_the_same
     np.testing.assert_allclose(resumed.predict_proba(X), straight.predict_proba(X), atol=1e-5)
 
 
+# ----------------------------------------------------------------------------- early stopping
+def test_a_resumed_fit_keeps_counting_towards_early_stopping(tmp_path):
+    # Issue 17: a resumed fit restarted early stopping's count (best score, epochs without
+    # improvement), so it ran up to `patience` epochs more than the uninterrupted fit.
+    X, y, masks = data()
+    kw = dict(lr=0.0, patience=2, max_epochs=12)  # lr=0: a flat, noisy loss, so early stopping ends the fit
+    straight = classifier(**kw).fit(X, y, masks=masks)
+    stop = len(straight.history)
+    assert 3 <= stop < 12
+    # Interrupted one epoch before the stop, when one more miss ends the fit.
+    classifier(**kw, checkpoint_dir=tmp_path, callbacks=[("stop", StopAfter(stop - 1))]).fit(X, y, masks=masks)
+    resumed = classifier(**kw, checkpoint_dir=tmp_path).fit(X, y, masks=masks)
+    assert checkpoint_of(resumed).loaded_epochs_ == stop - 1
+    assert resumed.history[:, "epoch"] == straight.history[:, "epoch"]
+    np.testing.assert_allclose(resumed.history[:, "train_loss"], straight.history[:, "train_loss"], rtol=1e-6)
+    # The finished fit again: early stopping had ended it, so no epoch is added.
+    again = classifier(**kw, checkpoint_dir=tmp_path).fit(X, y, masks=masks)
+    assert again.history[:, "epoch"] == straight.history[:, "epoch"]
+
+
 # ----------------------------------------------------------------------------- fingerprint
 def test_a_finished_folder_is_refused_for_other_data_or_parameters(tmp_path):
     # Issue 17: a finished folder reused with other data returned the old model in 2 s, silently.
