@@ -107,6 +107,8 @@ class _Writer:
 
         if isinstance(value, _PRIMITIVES):
             return value
+        if isinstance(value, os.PathLike):  # checkpoint_dir=Path(...): kept as its text
+            return os.fspath(value)
         if isinstance(value, History):
             return {"type": "history", "data": json.loads(json.dumps(list(value), default=float))}
         if isinstance(value, list):
