@@ -162,3 +162,28 @@ def test_the_document_says_what_it_is(mask_attention, tmp_path):
     assert doc["format"] == FORMAT and doc["dp_sklearn_version"] == __version__
     assert doc["estimator"]["class"] == "dp_sklearn.estimators.mask_attention.MaskAttentionClassifier"
     assert doc["estimator"]["fitted"]["fitted_classes_"]["data"] == ["normal", "pneumonia"]
+
+
+def test_the_other_torch_estimators_round_trip(tmp_path):
+    from dp_sklearn.estimators import (ClassBalancedWeighting, LocalDiscriminationPretrainer,
+                                       MultiLabelMetricClassifier, RadiomicsContrastiveClassifier)
+
+    X = np.random.RandomState(0).rand(12, 32, 32).astype(np.float32)
+    y = np.array(["normal", "pneumonia", "covid19"] * 4)
+    Y = np.array([[1, 0, 0], [0, 1, 1], [0, 0, 0], [1, 0, 1]] * 3)
+    kw = dict(image_size=32, max_epochs=1, augment=False, verbose=0, device="cpu", random_state=0)
+    cases = [
+        (MultiLabelMetricClassifier("resnet10t", label_names=["Effusion", "Mass", "Edema"], batch_size=4, **kw)
+         .fit(X, Y), lambda e: [e.predict_proba(X)]),
+        (RadiomicsContrastiveClassifier("resnet10t", batch_size=6, **kw).fit(X, y),
+         lambda e: [e.predict_proba(X), *e.localize(X[:2])]),
+        (LocalDiscriminationPretrainer(patch_grid=4, batch_size=4, stage1_epochs=0, **kw).fit(X),
+         lambda e: [e.transform(X), *e.transform_dense(X[:2])]),
+        (ClassBalancedWeighting(MaskAttentionClassifier(backbone="resnet10t", batch_size=4, **kw)).fit(X, y),
+         lambda e: [e.predict_proba(X)]),
+    ]
+    for i, (est, outputs) in enumerate(cases):
+        loaded = _round_trip(est, tmp_path, f"{i}.dps")
+        assert type(loaded) is type(est)
+        for a, b in zip(outputs(loaded), outputs(est)):
+            np.testing.assert_array_equal(a, b)
