@@ -324,7 +324,10 @@ def load_model(path, *, device=None):
     if doc.get("dp_sklearn_version") != __version__:
         warnings.warn(f"{path} was saved with dp_sklearn {doc.get('dp_sklearn_version')} and is loaded with "
                       f"{__version__}; check its predictions.", UserWarning, stacklevel=2)
-    return _Reader(tensors, device).estimator(doc["estimator"], "the estimator")
+    try:
+        return _Reader(tensors, device).estimator(doc["estimator"], "the estimator")
+    except (KeyError, AttributeError, IndexError) as exc:
+        raise ValueError(f"{path} is a malformed dp_sklearn model file ({type(exc).__name__}: {exc}).") from exc
 
 
 class _Reader:
@@ -354,6 +357,8 @@ class _Reader:
         self.nodes[node["id"]] = est
         later = {}
         for key, value in node["fitted"].items():
+            if not (key.isidentifier() and key.endswith("_") and not key.startswith("_")):
+                raise ValueError(f"{where}: {key!r} is not a fitted attribute name (name_).")
             if isinstance(value, dict) and value.get("type") in ("module_state", "history"):
                 later[key] = value
             else:

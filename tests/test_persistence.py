@@ -121,6 +121,14 @@ def test_a_tampered_file_naming_other_code_is_refused(mask_attention, tmp_path, 
         _tamper(path, parameter_class)
         with pytest.raises((TypeError, ValueError), match=f"parameter 'criterion'.*{target}"):
             load_model(path)
+    path = save_model(mask_attention, tmp_path / "m.dps")
+    _tamper(path, lambda doc: doc["estimator"]["fitted"].update(__class__={"type": "class", "path": "torch.nn.Module"}))
+    with pytest.raises(ValueError, match="'__class__' is not a fitted attribute name"):
+        load_model(path)
+    path = save_model(mask_attention, tmp_path / "m.dps")
+    _tamper(path, lambda doc: doc["estimator"].pop("params"))
+    with pytest.raises(ValueError, match="malformed dp_sklearn model file"):
+        load_model(path)
     assert called == []
 
 
