@@ -10,16 +10,19 @@ Input layouts (``--data``):
 Images stream from disk batch by batch, so a data set larger than memory works.
 
 Safety: every option and output path is checked before any work starts. CSV paths must stay in the
-CSV's folder unless ``--allow-outside-paths``. Models are joblib pickles, and loading a pickle runs
-the code it contains, so ``predict`` loads one only with ``--trust``. ``--on-error skip`` leaves
-unreadable images out (listed on stderr, and in the predictions CSV with their error). Output CSV
+CSV's folder unless ``--allow-outside-paths``. ``fit`` saves the model in dp_sklearn's safe format
+(:mod:`dp_sklearn.persistence`: JSON and safetensors in one zip file, nothing in it is run when
+loaded), which ``predict`` loads by default; ``fit --format joblib`` writes a pickle instead, and
+loading a pickle runs the code it contains, so ``predict`` loads one only with ``--trust``.
+``--on-error skip`` leaves unreadable images, and unreadable or wrong-sized masks, out (listed on
+stderr, and in the predictions CSV with their error). Output CSV
 cells starting with ``=``, ``+``, ``-`` or ``@`` are escaped against spreadsheet formula injection.
 ``predict --attention-dir`` writes overlays chunk by chunk (``--chunk-size``), so memory stays flat.
 
 Examples::
 
-    dp-sklearn fit --data cxr/ --masks masks/ --model model.joblib --image-size 224
-    dp-sklearn predict --model model.joblib --trust --data new_dicoms/ --out predictions.csv --attention-dir heat/
+    dp-sklearn fit --data cxr/ --masks masks/ --model model.dps --image-size 224
+    dp-sklearn predict --model model.dps --data new_dicoms/ --out predictions.csv --attention-dir heat/
     dp-sklearn tune --data cxr.csv --trials 20 --storage sqlite:///study.sqlite3
 """
 
@@ -275,18 +278,40 @@ def _check_args(args) -> None:
 
 
 _PICKLE_WARNING = (
-    "it is a pickle (joblib) file, and loading a pickle runs any code it contains: a model file from "
-    "someone else can take over this machine. Pass --trust only for a file you made or whose source you trust"
+    "it is not a dp_sklearn model file (dp-sklearn fit's default format) but a pickle (joblib) file, or "
+    "no model at all, and loading a pickle runs any code it contains: a model file from someone else can "
+    "take over this machine. Pass --trust only for a pickle you made or whose source you trust"
 )
 
 
-def load_model(path, trust: bool = False):
-    """Load a model saved by ``dp-sklearn fit``; a pickle needs ``trust=True`` (``--trust``)."""
+def load_model(path, trust: bool = False, device=None):
+    """Load a model saved by ``dp-sklearn fit``: the safe format (:func:`dp_sklearn.persistence.load_model`)
+    always, a pickle (joblib) only with ``trust=True`` (``--trust``)."""
+    from .persistence import is_model_file
+    from .persistence import load_model as load_safe
+
+    if is_model_file(path):
+        try:
+            return load_safe(path, device=device)
+        except ValueError as exc:
+            raise SystemExit(f"error: --model {path}: {exc}") from exc
     if not trust:
         raise SystemExit(f"error: refusing to load --model {path}: {_PICKLE_WARNING}.")
     import joblib
 
     return joblib.load(path)
+
+
+def save_model(est, path, fmt: str = "safe") -> None:
+    """Save ``est`` for ``dp-sklearn predict``: the safe format, or a joblib pickle (``fmt="joblib"``)."""
+    if fmt == "joblib":
+        import joblib
+
+        joblib.dump(est, path)
+        return
+    from .persistence import save_model as save_safe
+
+    save_safe(est, path)
 
 
 # ----------------------------------------------------------------------------
@@ -300,14 +325,27 @@ def _readable_errors():
     return (OSError, ValueError, MissingDecoderError)
 
 
-def screen_files(paths, on_non_radiograph="ignore"):
-    """Try to read every file; return ``(readable indices, [(index, path, error message)])``."""
-    from .data.io import read_image
+def screen_files(paths, masks=None, on_non_radiograph="ignore"):
+    """Try to read every file; return ``(readable indices, [(index, path, error message)])``.
+
+    With ``masks`` (a list of mask paths or None), an image whose mask cannot be read, or whose
+    mask is not the image's size, is unreadable too: the message names the mask.
+    """
+    from .data.io import read_image, read_mask
 
     ok, bad = [], []
     for i, p in enumerate(paths):
+        mask = masks[i] if masks is not None else None
         try:
-            read_image(p, image_size=8, on_non_radiograph=on_non_radiograph)
+            shape = read_image(p, on_non_radiograph=on_non_radiograph).shape
+            if mask is not None:
+                try:
+                    mask_shape = read_mask(mask).shape
+                except _readable_errors() as exc:
+                    raise ValueError(f"its mask {mask} is unreadable ({type(exc).__name__}: {exc})") from exc
+                if mask_shape != shape:
+                    raise ValueError(f"its mask {mask} is {mask_shape[0]}x{mask_shape[1]} pixels, the image "
+                                     f"{shape[0]}x{shape[1]}")
         except _readable_errors() as exc:
             bad.append((i, p, f"{type(exc).__name__}: {exc}"))
         else:
@@ -330,11 +368,9 @@ def _report_skipped(bad, stream=None) -> None:
 
 
 def cmd_fit(args):
-    import joblib
-
     paths, labels, masks = read_table(args.data, args.masks, allow_outside=args.allow_outside_paths)
     if args.on_error == "skip":
-        ok, bad = screen_files(paths)
+        ok, bad = screen_files(paths, masks)
         _report_skipped(bad)
         if bad:
             paths = [paths[i] for i in ok]
@@ -346,8 +382,8 @@ def cmd_fit(args):
         est = _estimator(args).fit(paths, np.asarray(labels), masks=masks)
     except _readable_errors() as exc:
         raise SystemExit(f"error: {exc}\n(pass --on-error skip to leave unreadable files out)") from exc
-    joblib.dump(est, args.model)
-    print(f"saved {args.model}")
+    save_model(est, args.model, args.format)
+    print(f"saved {args.model}" + (" (a pickle: load it with --trust)" if args.format == "joblib" else ""))
 
 
 def cmd_predict(args):
@@ -422,7 +458,8 @@ def build_parser():
         p.add_argument("--allow-outside-paths", action="store_true",
                        help="let CSV paths point outside the CSV's folder (../, absolute paths)")
         p.add_argument("--on-error", choices=["raise", "skip"], default="raise",
-                       help="unreadable image files: stop (raise) or leave them out and list them (skip)")
+                       help="unreadable image files (and, for fit, unreadable or wrong-sized masks): stop (raise) "
+                            "or leave them out and list them (skip)")
 
     def model_args(p):
         p.add_argument("--estimator", choices=["deep-pneumonia", "mask-attention"], default="deep-pneumonia")
@@ -436,17 +473,21 @@ def build_parser():
         p.add_argument("--seed", type=int, default=0)
         p.add_argument("--checkpoint-dir", help="checkpoint every epoch here; rerun to resume")
 
-    p = sub.add_parser("fit", help="train a model and save it with joblib")
+    p = sub.add_parser("fit", help="train a model and save it")
     data_args(p)
     model_args(p)
-    p.add_argument("--model", required=True, help="output .joblib file")
+    p.add_argument("--model", required=True, help="output model file (e.g. model.dps)")
+    p.add_argument("--format", choices=["safe", "joblib"], default="safe",
+                   help="safe: JSON + safetensors, loading runs no code (default); joblib: a pickle, which "
+                        "runs code when loaded (predict then needs --trust)")
     p.set_defaults(func=cmd_fit)
 
     p = sub.add_parser("predict", help="predict with a saved model")
     data_args(p, masks=False)
     p.add_argument("--model", required=True)
     p.add_argument("--trust", action="store_true",
-                   help="allow loading a pickle/joblib model: loading a pickle runs the code it contains")
+                   help="allow loading a pickle/joblib model: a pickle executes the code it contains, so "
+                        "only for files you made or trust (not needed for the default safe format)")
     p.add_argument("--out", default="predictions.csv")
     p.add_argument("--attention-dir", help="write attention overlay PNGs here, streamed chunk by chunk")
     p.add_argument("--chunk-size", type=int, default=512, help="images predicted (and overlays drawn) per chunk")

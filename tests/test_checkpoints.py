@@ -84,6 +84,26 @@ def test_resumed_fit_runs_every_epoch_at_the_uninterrupted_lr_and_gives_the_same
     np.testing.assert_allclose(resumed.predict_proba(X), straight.predict_proba(X), atol=1e-5)
 
 
+# ----------------------------------------------------------------------------- early stopping
+def test_a_resumed_fit_keeps_counting_towards_early_stopping(tmp_path):
+    # Issue 17: a resumed fit restarted early stopping's count (best score, epochs without
+    # improvement), so it ran up to `patience` epochs more than the uninterrupted fit.
+    X, y, masks = data()
+    kw = dict(lr=0.0, patience=2, max_epochs=12)  # lr=0: a flat, noisy loss, so early stopping ends the fit
+    straight = classifier(**kw).fit(X, y, masks=masks)
+    stop = len(straight.history)
+    assert 3 <= stop < 12
+    # Interrupted one epoch before the stop, when one more miss ends the fit.
+    classifier(**kw, checkpoint_dir=tmp_path, callbacks=[("stop", StopAfter(stop - 1))]).fit(X, y, masks=masks)
+    resumed = classifier(**kw, checkpoint_dir=tmp_path).fit(X, y, masks=masks)
+    assert checkpoint_of(resumed).loaded_epochs_ == stop - 1
+    assert resumed.history[:, "epoch"] == straight.history[:, "epoch"]
+    np.testing.assert_allclose(resumed.history[:, "train_loss"], straight.history[:, "train_loss"], rtol=1e-6)
+    # The finished fit again: early stopping had ended it, so no epoch is added.
+    again = classifier(**kw, checkpoint_dir=tmp_path).fit(X, y, masks=masks)
+    assert again.history[:, "epoch"] == straight.history[:, "epoch"]
+
+
 # ----------------------------------------------------------------------------- fingerprint
 def test_a_finished_folder_is_refused_for_other_data_or_parameters(tmp_path):
     # Issue 17: a finished folder reused with other data returned the old model in 2 s, silently.
@@ -149,6 +169,23 @@ def test_a_planted_checkpoint_cannot_run_code(tmp_path):
                                 max_epochs=1, verbose=0, device="cpu", random_state=0, checkpoint_dir=str(ckpt))
     with pytest.raises(ValueError, match="could not read the checkpoint"):
         est.fit(X)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("name", ["ContrastivePretrainer", "LocalDiscriminationPretrainer"])
+def test_skorch_load_params_of_the_pretrainers_refuses_a_planted_file(tmp_path, name):
+    # Issue 17: both pre-trainers defaulted to torch_load_kwargs={"weights_only": False}, so skorch's
+    # load_params (its own checkpoint/resume route) ran a planted file's payload.
+    import pickle
+
+    import dp_sklearn.estimators as E
+
+    marker = tmp_path / "pwned"
+    subprocess.run([sys.executable, "-c", PAYLOAD, str(tmp_path), str(marker), "params.pt"], check=True)
+    est = getattr(E, name)(backbone="resnet10_half", image_size=32, batch_size=4, max_epochs=1, verbose=0, device="cpu")
+    assert est.torch_load_kwargs is None  # skorch's default: weights_only=True
+    with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
+        est.initialize().load_params(f_params=str(tmp_path / "params.pt"))
     assert not marker.exists()
 
 

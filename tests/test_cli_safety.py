@@ -28,7 +28,7 @@ def workdir(tmp_path_factory):
             rows.append((f"{label}/{src.name}", label))
     with open(d / "train.csv", "w", newline="") as f:
         csv.writer(f).writerows([("path", "label"), *rows])
-    main(["fit", "--data", str(d / "train.csv"), "--model", str(d / "model.joblib"), "--estimator",
+    main(["fit", "--data", str(d / "train.csv"), "--model", str(d / "model.dps"), "--estimator",
           "mask-attention", "--backbone", "resnet10_half", "--image-size", "16", "--epochs", "1", "--batch-size", "4"])
     return d
 
@@ -44,8 +44,8 @@ def test_unwritable_outputs_and_bad_options_fail_before_any_work(workdir, capsys
     with pytest.raises(SystemExit, match="--model .*does not exist"):
         main(["fit", "--data", str(workdir / "train.csv"), "--model", str(workdir / "no" / "m.joblib")])
     with pytest.raises(SystemExit, match="--out .* is a folder"):
-        main(["predict", "--data", str(workdir / "train.csv"), "--model", str(workdir / "model.joblib"),
-              "--trust", "--out", str(workdir)])
+        main(["predict", "--data", str(workdir / "train.csv"), "--model", str(workdir / "model.dps"),
+              "--out", str(workdir)])
     with pytest.raises(SystemExit, match="--batch-size must be at least 1, got 0"):
         main(["fit", "--data", str(workdir / "train.csv"), "--model", str(workdir / "m.joblib"), "--batch-size", "0"])
     assert "fit:" not in capsys.readouterr().out  # nothing started
@@ -65,9 +65,9 @@ def test_csv_paths_are_confined_to_the_csv_folder(workdir, tmp_path):
     sub.mkdir(exist_ok=True)
     table = _write_csv(sub / "escape.csv", [("../normal/" + os.listdir(workdir / "normal")[0], "normal")])
     with pytest.raises(SystemExit, match="outside the CSV's folder.*--allow-outside-paths"):
-        main(["predict", "--data", str(table), "--model", str(workdir / "model.joblib"), "--trust",
+        main(["predict", "--data", str(table), "--model", str(workdir / "model.dps"),
               "--out", str(tmp_path / "p.csv")])
-    main(["predict", "--data", str(table), "--model", str(workdir / "model.joblib"), "--trust",
+    main(["predict", "--data", str(table), "--model", str(workdir / "model.dps"),
           "--out", str(tmp_path / "p.csv"), "--allow-outside-paths"])
     assert len(list(csv.DictReader(open(tmp_path / "p.csv")))) == 1
 
@@ -96,7 +96,7 @@ def test_formula_cells_are_escaped(workdir, tmp_path):
     for name in ("=SUM(1+1).png", "+x.png", "-y.png", "@z.png", "plain.png"):
         shutil.copy(src, d / name)
     out = tmp_path / "p.csv"
-    main(["predict", "--data", str(d), "--model", str(workdir / "model.joblib"), "--trust", "--out", str(out)])
+    main(["predict", "--data", str(d), "--model", str(workdir / "model.dps"), "--out", str(out)])
     cells = [r["path"] for r in csv.DictReader(open(out))]
     names = [os.path.basename(c) for c in cells]
     assert all(not c.startswith(("=", "+", "-", "@")) for c in cells)
@@ -110,9 +110,9 @@ def test_unreadable_files_are_skipped_and_listed(workdir, tmp_path, capsys):
     rows = [(f"{lab}/{n}", lab) for lab in ("normal", "pneumonia") for n in sorted(os.listdir(workdir / lab))]
     table = _write_csv(workdir / "with_broken.csv", rows)
     with pytest.raises(SystemExit, match="(?s)broken.png.*--on-error skip"):
-        main(["predict", "--data", str(table), "--model", str(workdir / "model.joblib"), "--trust",
+        main(["predict", "--data", str(table), "--model", str(workdir / "model.dps"),
               "--out", str(tmp_path / "p.csv")])
-    main(["predict", "--data", str(table), "--model", str(workdir / "model.joblib"), "--trust",
+    main(["predict", "--data", str(table), "--model", str(workdir / "model.dps"),
           "--out", str(tmp_path / "p.csv"), "--on-error", "skip"])
     rows_out = list(csv.DictReader(open(tmp_path / "p.csv")))
     assert len(rows_out) == 9
@@ -133,7 +133,7 @@ def test_overlays_are_unique_full_resolution_and_labelled(workdir, tmp_path):
         (d / sub).mkdir(parents=True)
         shutil.copy(src, d / sub / "x.png")
     heat = tmp_path / "heat"
-    main(["predict", "--data", str(d), "--model", str(workdir / "model.joblib"), "--trust",
+    main(["predict", "--data", str(d), "--model", str(workdir / "model.dps"),
           "--out", str(tmp_path / "p.csv"), "--attention-dir", str(heat)])
     files = sorted(p.name for p in heat.glob("*.png"))
     assert files == ["a__x_attention.png", "b__x_attention.png"]
@@ -152,3 +152,52 @@ def test_progress_reports_rate_and_eta_as_plain_lines_off_a_tty():
     lines = stream.getvalue().splitlines()
     assert len(lines) == 5 and "\r" not in stream.getvalue()
     assert "10/10 images" in lines[-1] and "images/s" in lines[-1] and "ETA" in lines[-1]
+
+
+def test_the_default_model_format_loads_without_trust_and_a_pickle_needs_it(workdir, tmp_path, capsys):
+    # Issue 17: models were joblib pickles, which run code when loaded. fit now writes the safe format.
+    from dp_sklearn.persistence import is_model_file
+
+    assert is_model_file(workdir / "model.dps")
+    main(["predict", "--data", str(workdir / "train.csv"), "--model", str(workdir / "model.dps"),
+          "--out", str(tmp_path / "p.csv")])
+    assert len(list(csv.DictReader(open(tmp_path / "p.csv")))) == 8
+    pickled = tmp_path / "m.joblib"
+    main(["fit", "--data", str(workdir / "train.csv"), "--model", str(pickled), "--format", "joblib", "--estimator",
+          "mask-attention", "--backbone", "resnet10_half", "--image-size", "16", "--epochs", "1", "--batch-size", "4"])
+    assert not is_model_file(pickled)
+    with pytest.raises(SystemExit, match="pickle.*runs any code it contains.*--trust"):
+        main(["predict", "--data", str(workdir / "train.csv"), "--model", str(pickled),
+              "--out", str(tmp_path / "q.csv")])
+    main(["predict", "--data", str(workdir / "train.csv"), "--model", str(pickled), "--trust",
+          "--out", str(tmp_path / "q.csv")])
+    assert len(list(csv.DictReader(open(tmp_path / "q.csv")))) == 8
+
+
+def test_fit_on_error_skip_screens_masks_too(workdir, tmp_path, capsys):
+    # Issue 17: --on-error skip screened image files only; an unreadable mask aborted the fit and a mask of
+    # another size than its image was silently resized onto it.
+    import numpy as np
+
+    rows = [(f"{lab}/{n}", lab) for lab in ("normal", "pneumonia") for n in sorted(os.listdir(workdir / lab))
+            if n.endswith(".png")]
+    good = np.zeros((256, 256), np.uint8)
+    good[64:128, 64:128] = 255
+    Image.fromarray(good).save(workdir / "good_mask.png")
+    Image.fromarray(good[:128, :128]).save(workdir / "small_mask.png")
+    (workdir / "broken_mask.png").write_text("not an image")
+    masks = ["good_mask.png", "broken_mask.png", "small_mask.png"] + [""] * (len(rows) - 3)
+    table = _write_csv(workdir / "with_masks.csv", [(*r, m) for r, m in zip(rows, masks)],
+                       header=("path", "label", "mask"))
+    argv = ["fit", "--data", str(table), "--model", str(tmp_path / "m.dps"), "--estimator", "mask-attention",
+            "--backbone", "resnet10_half", "--image-size", "16", "--epochs", "1", "--batch-size", "4"]
+    with pytest.raises(SystemExit, match="(?s)broken_mask.png.*--on-error skip"):
+        main(argv)
+    capsys.readouterr()
+    main(argv + ["--on-error", "skip"])
+    out = capsys.readouterr()
+    assert "fit: 6 images, 2 classes, 1 masks" in out.out
+    assert "skipped 2 unreadable file(s)" in out.err
+    assert "its mask" in out.err and "broken_mask.png is unreadable" in out.err
+    assert "small_mask.png is 128x128 pixels, the image 256x256" in out.err
+    assert (tmp_path / "m.dps").exists()

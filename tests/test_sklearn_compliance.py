@@ -108,7 +108,6 @@ EXPECTED_FAILURES = {
         "check_no_attributes_set_in_init": SKORCH_INIT,
         "check_do_not_raise_errors_in_init_or_set_params": SKORCH_PARAMS,
         "check_set_params": SKORCH_PARAMS,
-        "check_parameters_default_constructible": "skorch fills torch_load_kwargs in NeuralNet.__init__",
         "check_n_features_in_after_fitting": NOT_TABULAR,
         "check_n_features_in": NOT_TABULAR,
         "check_complex_data": IMAGE_ONLY,
@@ -126,8 +125,7 @@ EXPECTED_FAILURES = {
 }
 EXPECTED_FAILURES["MaskAttentionClassifier"] = {
     **{k: v for k, v in EXPECTED_FAILURES["ContrastivePretrainer"].items()
-       if k not in ("check_parameters_default_constructible", "check_transformer_preserve_dtypes",
-                    "check_do_not_raise_errors_in_init_or_set_params")},
+       if k not in ("check_transformer_preserve_dtypes", "check_do_not_raise_errors_in_init_or_set_params")},
     "check_estimators_partial_fit_n_features": "partial_fit is skorch's internal warm-start step, fed by fit",
     "check_fit_score_takes_y": "partial_fit is skorch's internal warm-start step, fed by fit",
     "check_transformer_general": ANY_SIZE,

@@ -9,7 +9,8 @@
 - :class:`WarmupCosineLR`: the training recipe's learning rate, set before every optimizer
   step: linear warm-up, then a half cosine to 0 (a function of the global step, so a resumed fit
   sees the uninterrupted rates).
-- :func:`remaining_epochs`: the epochs a resumed fit still has to run.
+- :func:`remaining_epochs`: the epochs a resumed fit still has to run, with the early-stopping
+  counters recomputed from the restored history (:func:`replay_early_stopping`).
 - :func:`default_callbacks`: the list every estimator adds to skorch's defaults —
   throughput, early stopping on a plateau, and the checkpoint.
 
@@ -28,7 +29,9 @@ uninterrupted fit would have (same batches, same learning rate every epoch)::
 
 Use one folder per fit (:func:`dp_sklearn.tuning.tune` makes one per trial and fold): a folder
 written by a fit of other data or other parameters is refused with a ``ValueError`` that says
-what differs. ``max_epochs``, ``patience``, ``verbose``, ``device`` and ``num_workers`` may
+what differs. Early stopping continues too: its best score and epochs without improvement are
+recomputed from the restored history, so a resumed fit stops where the uninterrupted one would
+have. ``max_epochs``, ``patience``, ``verbose``, ``device`` and ``num_workers`` may
 change between runs (a larger ``max_epochs`` trains longer, unless a learning-rate schedule
 depends on it). Remove the directory (or use another one) to start from scratch. The torch
 estimators' base (:class:`dp_sklearn.estimators.base.TorchEstimatorBase`) runs only the
@@ -45,6 +48,7 @@ import os
 import random
 import re
 import time
+import types
 from collections.abc import Mapping
 
 import numpy as np
@@ -54,7 +58,7 @@ from skorch.history import History
 
 __all__ = [
     "AtomicCheckpoint", "Throughput", "WarmupCosineLR", "atomic_torch_save", "default_callbacks",
-    "fit_fingerprint", "remaining_epochs", "training_steps_done",
+    "fit_fingerprint", "remaining_epochs", "replay_early_stopping", "training_steps_done",
 ]
 
 
@@ -551,10 +555,15 @@ class AtomicCheckpoint(Callback):
 def remaining_epochs(net, epochs=None) -> int:
     """Epochs ``net`` still has to run so that its history ends with ``max_epochs`` in total.
 
+    When an :class:`AtomicCheckpoint` restored epochs in this training run, every skorch
+    ``EarlyStopping`` callback first gets its counters back (:func:`replay_early_stopping`), so
+    a resumed fit stops at the epoch the uninterrupted one would have stopped at; a fit that
+    early stopping had already ended has no epoch left.
+
     Parameters
     ----------
     net : skorch.NeuralNet
-        An initialized net (``callbacks_`` set).
+        An initialized net (``callbacks_`` set), after ``on_train_begin``.
     epochs : int, optional
         The budget; ``net.max_epochs`` when None.
 
@@ -562,14 +571,64 @@ def remaining_epochs(net, epochs=None) -> int:
     -------
     int
         ``epochs`` minus the epochs restored by an :class:`AtomicCheckpoint` callback
-        in this training run (never below 0); ``epochs`` when nothing was restored.
+        in this training run (never below 0); ``epochs`` when nothing was restored; 0 when
+        the restored history already met an early-stopping criterion.
     """
     epochs = net.max_epochs if epochs is None else epochs
     loaded = max(
         (getattr(cb, "loaded_epochs_", 0) for _, cb in getattr(net, "callbacks_", []) if isinstance(cb, AtomicCheckpoint)),
         default=0,
     )
+    if loaded and replay_early_stopping(net):
+        return 0
     return max(0, int(epochs) - int(loaded))
+
+
+def replay_early_stopping(net) -> bool:
+    """Give every ``EarlyStopping`` callback of ``net`` the state it had after ``net.history``.
+
+    Each callback is reset (its ``on_train_begin``) and shown the history epoch by epoch (its
+    ``on_epoch_end`` on a view of the net whose history ends at that epoch), so its own rule,
+    subclasses' included, recomputes the best score and the epochs without improvement: nothing
+    but the history needs to be saved. (``load_best=True`` would keep the current weights as the
+    best ones: the checkpoint does not hold them.)
+
+    Parameters
+    ----------
+    net : skorch.NeuralNet
+        An initialized net whose ``history`` was restored.
+
+    Returns
+    -------
+    bool
+        Whether a callback had stopped the training within that history.
+
+    Examples
+    --------
+    >>> from types import SimpleNamespace
+    >>> from skorch.callbacks import EarlyStopping
+    >>> from skorch.history import History
+    >>> es = EarlyStopping(monitor="train_loss", patience=2)
+    >>> rows = [{"epoch": i + 1, "train_loss": v} for i, v in enumerate([1.0, 0.5, 0.6])]
+    >>> net = SimpleNamespace(callbacks_=[("es", es)], history=History(rows), verbose=0, module_=None)
+    >>> replay_early_stopping(net), es.misses_, es.best_epoch_
+    (False, 1, 2)
+    """
+    rows = list(net.history)
+    stopped = False
+    for _, cb in getattr(net, "callbacks_", []):
+        if not isinstance(cb, EarlyStopping):
+            continue
+        view = types.SimpleNamespace(history=History(), verbose=0, module_=getattr(net, "module_", None))
+        cb.on_train_begin(view)
+        for row in rows:
+            view.history.append(row)
+            try:
+                cb.on_epoch_end(view)
+            except KeyboardInterrupt:  # its way of saying "stop here"
+                stopped = True
+                break
+    return stopped
 
 
 def default_callbacks(patience=None, checkpoint_dir=None, monitor="train_loss", *, threshold=1e-4):

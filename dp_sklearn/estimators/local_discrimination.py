@@ -268,7 +268,7 @@ class LocalDiscriminationPretrainer(PretrainerBase, TransformerMixin, skorch.Neu
             checkpoint_dir=checkpoint_dir, device=device, precision=precision, num_workers=num_workers,
             random_state=random_state, verbose=verbose, optimizer=optimizer, train_split=train_split,
             callbacks=callbacks,
-            torch_load_kwargs={"weights_only": False} if torch_load_kwargs is None else torch_load_kwargs,
+            torch_load_kwargs=torch_load_kwargs,
             **kwargs,
         )
         self.embedding_dim = embedding_dim

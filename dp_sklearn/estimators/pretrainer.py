@@ -115,9 +115,11 @@ class ContrastivePretrainer(PretrainerBase, TransformerMixin, skorch.NeuralNet):
         Extra skorch callbacks, added after :func:`~dp_sklearn.estimators.callbacks.default_callbacks`.
     **kwargs
         Any other skorch ``NeuralNet`` argument (``optimizer__*``, ``iterator_train__*``,
-        ``callbacks__*``, ``warm_start``, ``torch_load_kwargs``...). ``torch_load_kwargs``
-        defaults to ``{"weights_only": False}`` so that pickles holding the custom module
-        load with ``torch.load`` (only unpickle files you trust).
+        ``callbacks__*``, ``warm_start``, ``torch_load_kwargs``...). ``torch_load_kwargs=None``
+        is skorch's ``{"weights_only": True}``: ``load_params`` reads tensors only. Checkpoints
+        (``checkpoint_dir``) always load with ``weights_only=True``. A pickle of the estimator
+        runs code when loaded whatever this says: to exchange a model, use
+        :func:`dp_sklearn.persistence.save_model`.
 
     Attributes
     ----------
@@ -217,7 +219,7 @@ class ContrastivePretrainer(PretrainerBase, TransformerMixin, skorch.NeuralNet):
             checkpoint_dir=checkpoint_dir, device=device, precision=precision, num_workers=num_workers,
             random_state=random_state, verbose=verbose, optimizer=optimizer, train_split=train_split,
             callbacks=callbacks,
-            torch_load_kwargs={"weights_only": False} if torch_load_kwargs is None else torch_load_kwargs,
+            torch_load_kwargs=torch_load_kwargs,
             **kwargs,
         )
         self.projection_dim = projection_dim
