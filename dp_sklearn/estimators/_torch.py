@@ -22,9 +22,8 @@ from __future__ import annotations
 
 import contextlib
 
-import skorch
-
 import numpy as np
+import skorch
 import torch
 from sklearn.preprocessing import LabelEncoder
 from sklearn.utils.multiclass import type_of_target
