@@ -1,4 +1,4 @@
-"""Beyond one machine: scoring on a Dask cluster, data-parallel training through Accelerate.
+"""Beyond one machine: scoring on a Dask cluster (data-parallel training: see below).
 
 Both parts are thin layers over the engines that do the work; ``docs/scaling.md`` has the
 commands to copy. The libraries come with the ``[distributed]`` extra
@@ -25,7 +25,9 @@ of files; results are ``n`` labels or ``n x n_classes`` probabilities.
 
 Data-parallel training
 ----------------------
-See :func:`accelerate_estimator` below.
+Needs nothing from this module: started by ``torchrun`` (or ``accelerate launch``), the torch
+estimators train data-parallel on torch's DDP by themselves (see
+:mod:`dp_sklearn.estimators._ddp` and ``docs/scaling.md``).
 """
 
 from __future__ import annotations

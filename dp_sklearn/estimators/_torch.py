@@ -10,7 +10,10 @@ skorch ``NeuralNet`` subclass. The mixin adds what skorch leaves to the user:
 * batches given as dicts from :class:`~dp_sklearn.data.dataset.XRayDataset` moved to the
   device with their masks, and augmented there;
 * pinned memory and worker processes for loading;
-* a fitted CUDA model that unpickles on a CPU-only machine.
+* a fitted CUDA model that unpickles on a CPU-only machine;
+* data-parallel training when started by ``torchrun`` / ``accelerate launch`` (see
+  :mod:`dp_sklearn.estimators._ddp`): ``fit_loop`` wraps the module in DDP, each process takes
+  its share of every global batch and the loss is that of the global batch.
 
 Subclasses implement ``prepare_batch`` (what the module receives) and ``get_loss``.
 """
@@ -20,6 +23,7 @@ from __future__ import annotations
 import contextlib
 
 import numpy as np
+import skorch
 import torch
 from sklearn.preprocessing import LabelEncoder
 from sklearn.utils.multiclass import type_of_target
@@ -29,6 +33,7 @@ from ..data.batches import InMemoryBatches, XRayBatches
 from ..data.dataset import XRayDataset
 from ..utils.device import autocast, resolve_device, resolve_precision, seed_everything
 from ..utils.validation import check_images, check_masks
+from . import _ddp
 
 
 def _as_size(image_size):
@@ -51,13 +56,14 @@ class TorchEstimatorMixin:
         time of the call it holds the resolved device, then the user's value again.
         """
         requested = getattr(self, "device", "auto")
-        self.device = resolve_device(requested)
+        self.device = _ddp.rank_device(resolve_device(requested))
         try:
             yield self.device
         finally:
             self.device = requested
 
     def initialize(self):
+        _ddp.world(init=True)  # under torchrun: join the process group before choosing the device
         with self._resolved_device() as device:
             seed_everything(self.random_state)
             super().initialize()
@@ -71,6 +77,56 @@ class TorchEstimatorMixin:
     def partial_fit(self, X, y=None, classes=None, **fit_params):
         with self._resolved_device():
             return super().partial_fit(X, y, classes=classes, **fit_params)
+
+    # ------------------------------------------------------------------ data-parallel training
+    def fit_loop(self, X, y=None, epochs=None, **fit_params):
+        w = _ddp.world()
+        if w is None:
+            return super().fit_loop(X, y, epochs=epochs, **fit_params)
+        state = _ddp.DistributedTraining(self, *w)
+        vars(self)["_distributed"] = state
+        verbose = self.verbose
+        if w[0] != 0:
+            self.verbose = 0  # only rank 0 prints (and writes checkpoints, see callbacks)
+        try:
+            return super().fit_loop(X, y, epochs=epochs, **fit_params)
+        finally:
+            self.verbose = verbose
+            vars(self).pop("_distributed", None)
+            state.close(self)
+
+    def run_single_epoch(self, iterator, training, prefix, step_fn, **fit_params):
+        state = vars(self).get("_distributed")
+        if state is None or not training or iterator is None:
+            return super().run_single_epoch(iterator, training, prefix, step_fn, **fit_params)
+        shard = _ddp._RankShard(state, iterator)
+        super().run_single_epoch(shard, training, prefix, step_fn, **fit_params)
+        # skorch recorded this process's share; the epoch's loss and throughput are the global batch's.
+        batches = [b for b in self.history[-1]["batches"] if prefix + "_batch_size" in b]
+        for row, size in zip(batches[-len(shard.global_sizes):] if shard.global_sizes else [], shard.global_sizes):
+            row[prefix + "_batch_size"] = size
+
+    def train_step_single(self, batch, **fit_params):
+        state = vars(self).get("_distributed")
+        if state is None:
+            return super().train_step_single(batch, **fit_params)
+        self._set_training(True)
+        Xi, yi = skorch.dataset.unpack_data(batch)
+        y_pred = self.infer(Xi, **fit_params)
+        # The global batch's outputs, labels and per-sample inputs (images stay where they are).
+        extra = {k: v for k, v in Xi.items() if not (isinstance(v, torch.Tensor) and v.ndim >= 4)} \
+            if isinstance(Xi, dict) else None
+        y_all, yi_all, extra_all = _ddp.gather_rows(
+            (y_pred, yi if isinstance(yi, torch.Tensor) else None, extra), state.rank, state.world_size, state.group)
+        with state.shared_rng():  # a loss that draws at random draws the same on every process
+            loss = self.get_loss(y_all, yi_all if yi_all is not None else yi,
+                                 X=extra_all if extra_all is not None else Xi, training=True)
+        loss.backward()
+        return {"loss": loss, "y_pred": y_pred}
+
+    def _training_module(self):
+        state = vars(self).get("_distributed")
+        return state.ddp if state is not None and self.module_.training else self.module_
 
     def forward_iter(self, X, training=False, device="cpu"):
         with self._resolved_device():
@@ -221,7 +277,7 @@ class TorchEstimatorMixin:
         batch = self._to_device(x)
         kwargs = self.prepare_batch(batch, training=self.module_.training)
         with autocast(self.device_, self.amp_dtype_):
-            return self.module_(**kwargs)
+            return self._training_module()(**kwargs)
 
     def get_loss(self, y_pred, y_true, X=None, training=False):
         raise NotImplementedError

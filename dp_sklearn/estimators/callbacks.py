@@ -56,6 +56,8 @@ import torch
 from skorch.callbacks import Callback, EarlyStopping, LRScheduler
 from skorch.history import History
 
+from ._ddp import is_main_process
+
 __all__ = [
     "AtomicCheckpoint", "Throughput", "WarmupCosineLR", "atomic_torch_save", "default_callbacks",
     "fit_fingerprint", "remaining_epochs", "replay_early_stopping", "training_steps_done",
@@ -533,7 +535,10 @@ class AtomicCheckpoint(Callback):
             self.save(net)
 
     def save(self, net, history=None):
-        """Write the current state atomically to :attr:`path`."""
+        """Write the current state atomically to :attr:`path` (on rank 0 only in data-parallel training)."""
+        if not is_main_process():  # every rank holds the same state: one writer
+            self._pending = False
+            return
         history = list(net.history) if history is None else history
         state = {
             "format": _FORMAT,
