@@ -113,8 +113,7 @@ def test_two_gloo_processes_fit_the_one_process_model(tmp_path):
     assert not torch.distributed.is_initialized()
     for est in (clf_dp, ssl_dp):
         kinds = {type(m).__name__ for m in est.module_.modules()}
-        assert "BatchNorm2d" in kinds and not kinds & {"_SyncBatchNorm", "SyncBatchNorm",
-                                                      "DistributedDataParallel"}, kinds
+        assert "BatchNorm2d" in kinds and not any("Sync" in k or k == "DistributedDataParallel" for k in kinds), kinds
         assert "_distributed" not in vars(est)
     X, y, masks = data()
     np.testing.assert_allclose(clf_dp.predict_proba(X), proba0, rtol=0, atol=1e-6)

@@ -130,28 +130,18 @@ class _AllReduceSum(torch.autograd.Function):
         return grad, None
 
 
-class _SyncBatchNorm(nn.BatchNorm2d):
+class _SyncBatchNorm(nn.Module):
     """BatchNorm whose training statistics are those of all processes' samples, on CPU.
 
     torch's ``nn.SyncBatchNorm`` runs on GPUs only (DDP refuses it on CPU), so CPU training
     uses this layer: in training mode the batch mean and (biased) variance are computed over
     every process's samples in two all-reduced passes in float32 (sums -> mean, squared
     deviations -> variance), with gradient through both, and the running statistics are
-    updated as BatchNorm does (unbiased variance). In eval mode it is plain BatchNorm. Any
-    input of 2 or more dimensions (``BatchNorm1d/2d/3d`` alike).
+    updated as BatchNorm does (unbiased variance). In eval mode it is the plain BatchNorm it
+    is mixed into (:data:`_SYNC_OF` has one per kind, so torch's own input checks apply).
     """
 
-    def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True, track_running_stats=True,
-                 process_group=None):
-        super().__init__(num_features, eps, momentum, affine, track_running_stats)
-        self.process_group = process_group
-
-    def _check_input_dim(self, input):
-        if input.dim() < 2:
-            raise ValueError(f"expected at least 2D input (got {input.dim()}D input)")
-
     def forward(self, input):
-        self._check_input_dim(input)
         if not (self.training and world() is not None):
             return super().forward(input)
         group = self.process_group
@@ -179,7 +169,21 @@ class _SyncBatchNorm(nn.BatchNorm2d):
         return y.to(input.dtype)
 
 
-_BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+class _SyncBatchNorm1d(_SyncBatchNorm, nn.BatchNorm1d):
+    pass
+
+
+class _SyncBatchNorm2d(_SyncBatchNorm, nn.BatchNorm2d):
+    pass
+
+
+class _SyncBatchNorm3d(_SyncBatchNorm, nn.BatchNorm3d):
+    pass
+
+
+#: The CPU-synchronised layer of each BatchNorm kind.
+_SYNC_OF = {nn.BatchNorm1d: _SyncBatchNorm1d, nn.BatchNorm2d: _SyncBatchNorm2d, nn.BatchNorm3d: _SyncBatchNorm3d}
+_BATCHNORMS = tuple(_SYNC_OF)
 
 
 def convert_batchnorm(module: nn.Module, process_group=None, cpu=True) -> dict:
@@ -195,9 +199,14 @@ def convert_batchnorm(module: nn.Module, process_group=None, cpu=True) -> dict:
     for name, child in list(module.named_modules()):
         if not name or not isinstance(child, _BATCHNORMS) or isinstance(child, (nn.SyncBatchNorm, _SyncBatchNorm)):
             continue
-        cls = _SyncBatchNorm if cpu else nn.SyncBatchNorm
-        sync = cls(child.num_features, child.eps, child.momentum, child.affine, child.track_running_stats,
-                   process_group if cpu else None)
+        if cpu:
+            kind = next(k for k in _BATCHNORMS if isinstance(child, k))
+            sync = _SYNC_OF[kind](child.num_features, child.eps, child.momentum, child.affine,
+                                  child.track_running_stats)
+            sync.process_group = process_group
+        else:
+            sync = nn.SyncBatchNorm(child.num_features, child.eps, child.momentum, child.affine,
+                                    child.track_running_stats)
         if child.affine:
             sync.weight, sync.bias = child.weight, child.bias
         sync.running_mean, sync.running_var = child.running_mean, child.running_var
