@@ -20,7 +20,8 @@ What is borrowed and why:
   ``Module.train()`` walks the whole module tree each time; the pre-trainers replace it by a
   switch that only touches components whose mode differs (see ``benchmarks/speed.py``). There
   is no public hook for this; it reads skorch's registries of modules and criteria through
-  :func:`skorch_components`.
+  :func:`skorch_components`. :func:`set_training` calls that switch from the data-parallel
+  ``train_step_single`` (:mod:`dp_sklearn.estimators._torch`), as skorch's own step does.
 - :func:`cpu_has_native_bfloat16`: whether this CPU computes bfloat16 natively (AVX512-BF16 or
   AMX), which decides ``precision="auto"`` on CPU. torch exposes the check only as the private
   ``torch.cpu._is_avx512_bf16_supported`` / ``_is_amx_tile_supported``.
@@ -66,6 +67,7 @@ __all__ = [
     "dataloader_order",
     "num_samples",
     "safe_indexing",
+    "set_training",
     "skorch_components",
     "study_storage",
     "validate_parameter_constraints",
@@ -87,6 +89,12 @@ def skorch_components(net):
     skorch keeps them in the private lists ``_modules`` and ``_criteria``; this is the only read.
     """
     return [name + "_" for name in list(net._modules) + list(net._criteria)]
+
+
+def set_training(net, training=True):
+    """Put a skorch net's components in train or eval mode, as its own ``train_step_single`` does
+    before every batch (skorch's private ``_set_training``)."""
+    net._set_training(training)
 
 
 class FastTrainingSwitchMixin:

@@ -36,6 +36,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from .utils.files import atomic_write
+
 __all__ = ["FORMAT", "is_model_file", "load_model", "save_model"]
 
 #: The ``format`` field of ``model.json``.
@@ -199,7 +201,8 @@ def save_model(estimator, path) -> Path:
         dp_sklearn estimators).
     path : str or os.PathLike
         The file to write: a zip archive holding ``model.json`` and ``tensors.safetensors``
-        (see the module docstring). Written atomically: a failure leaves any old file intact.
+        (see the module docstring). Written atomically (:func:`dp_sklearn.utils.files.atomic_write`):
+        a failure or a kill leaves any old file intact.
 
     Returns
     -------
@@ -238,15 +241,13 @@ def save_model(estimator, path) -> Path:
     text = json.dumps(doc, indent=1)
     blob = save_tensors(writer.tensors, metadata={"format": FORMAT})
     path = Path(path)
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    try:
-        with zipfile.ZipFile(tmp, "w") as z:
+
+    def write(f):
+        with zipfile.ZipFile(f, "w") as z:
             z.writestr(_JSON, text, compress_type=zipfile.ZIP_DEFLATED)
             z.writestr(_TENSORS, blob, compress_type=zipfile.ZIP_STORED)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+
+    atomic_write(path, write)
     return path
 
 

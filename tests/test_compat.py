@@ -52,7 +52,7 @@ def test_skorch_component_registry_and_set_training():
     net = NeuralNet(torch.nn.Linear(2, 1), criterion=torch.nn.MSELoss).initialize()
     assert set(_compat.skorch_components(net)) >= {"module_", "criterion_"}
     # the private hook the fast mode switch overrides is still there and still called that way
-    assert callable(getattr(NeuralNet, "_set_training", None))
+    assert callable(getattr(NeuralNet, "_set_training", None))  # what _compat.set_training calls
 
     class Fast(_compat.FastTrainingSwitchMixin, NeuralNet):
         pass

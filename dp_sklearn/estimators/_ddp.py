@@ -43,7 +43,7 @@ import os
 import torch
 from torch import nn
 
-__all__ = ["DistributedTraining", "is_main_process", "world"]
+__all__ = ["DistributedTraining", "RankShard", "is_main_process", "world"]
 
 
 def _dist():
@@ -338,7 +338,7 @@ def _batch_len(x):
     return len(x)
 
 
-class _RankShard:
+class RankShard:
     """This process's share of every global batch of ``iterator`` (drawn from the shared stream)."""
 
     def __init__(self, state, iterator):

@@ -28,6 +28,7 @@ import torch
 from sklearn.preprocessing import LabelEncoder
 from sklearn.utils.multiclass import type_of_target
 
+from .._compat import set_training
 from ..data.augment import build_augment
 from ..data.batches import InMemoryBatches, XRayBatches
 from ..data.dataset import XRayDataset
@@ -99,7 +100,7 @@ class TorchEstimatorMixin:
         state = vars(self).get("_distributed")
         if state is None or not training or iterator is None:
             return super().run_single_epoch(iterator, training, prefix, step_fn, **fit_params)
-        shard = _ddp._RankShard(state, iterator)
+        shard = _ddp.RankShard(state, iterator)
         super().run_single_epoch(shard, training, prefix, step_fn, **fit_params)
         # skorch recorded this process's share; the epoch's loss and throughput are the global batch's.
         batches = [b for b in self.history[-1]["batches"] if prefix + "_batch_size" in b]
@@ -110,7 +111,7 @@ class TorchEstimatorMixin:
         state = vars(self).get("_distributed")
         if state is None:
             return super().train_step_single(batch, **fit_params)
-        self._set_training(True)
+        set_training(self, True)
         Xi, yi = skorch.dataset.unpack_data(batch)
         y_pred = self.infer(Xi, **fit_params)
         # The global batch's outputs, labels and per-sample inputs (images stay where they are).

@@ -56,6 +56,7 @@ import torch
 from skorch.callbacks import Callback, EarlyStopping, LRScheduler
 from skorch.history import History
 
+from ..utils.files import atomic_write
 from ._ddp import is_main_process
 
 __all__ = [
@@ -269,31 +270,9 @@ def _set_rng_state(state: dict) -> None:
 
 
 def atomic_torch_save(obj, path) -> None:
-    """``torch.save(obj, path)`` so that ``path`` is always either the old or the new file.
-
-    The object is written to a temporary file in the same folder, flushed to disk, and moved
-    over ``path`` with ``os.replace`` (atomic on POSIX and Windows); the folder entry is then
-    synced too. A process killed at any instant leaves the previous complete file (and at most
-    a stray ``*.tmp-<pid>`` file, removed by the next write).
-    """
-    path = os.fspath(path)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.remove(tmp)
-        raise
-    if hasattr(os, "O_DIRECTORY"):
-        fd = os.open(os.path.dirname(path) or ".", os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+    """``torch.save(obj, path)`` so that ``path`` is always either the old or the new file
+    (:func:`dp_sklearn.utils.files.atomic_write`: temporary file, fsync, ``os.replace``)."""
+    atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def training_steps_done(history) -> int:
