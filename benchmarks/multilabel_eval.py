@@ -44,8 +44,8 @@ from sklearn.model_selection import StratifiedGroupKFold  # noqa: E402
 PROFILES = {
     # CPU-affordable: the main benchmark's quick setting.
     "quick": dict(image_size=64, backbone="resnet10_half", folds=5, epochs=8, batch_size=64, lr=2e-3, pretrain_epochs=0),
-    # The classifiers' default training recipe (MaskAttentionClassifier's: vgg_compact, 20 epochs of
-    # batch 32, lr 3e-3, warm-up + cosine), on a 3-fold split for CPU time.
+    # The classifiers' training recipe as it stood when docs/method.md's multi-label table was measured
+    # (vgg_compact, 20 epochs of batch 32, lr 3e-3, warm-up + cosine), on a 3-fold split for CPU time.
     "recipe": dict(image_size=64, backbone="vgg_compact", folds=3, epochs=20, batch_size=32, lr=3e-3, pretrain_epochs=0),
     # What 2 shared CPU cores afford in about half an hour for 4 rows.
     "cpu": dict(image_size=32, backbone="resnet10_half", folds=3, epochs=6, batch_size=64, lr=2e-3, pretrain_epochs=0),
