@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import sys
 import time
 from pathlib import Path
@@ -45,13 +44,15 @@ from PIL import Image
 from sklearn.base import clone
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import balanced_accuracy_score, recall_score
-from sklearn.model_selection import StratifiedGroupKFold
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from _harness import patient_folds, write_results  # noqa: E402
 
 from dp_sklearn.estimators.class_balanced import ClassBalancedWeighting  # noqa: E402
 
@@ -127,11 +128,10 @@ def run_experiment(X, y, groups, *, n_splits=5, imbalance=10, betas=(0.999, 0.99
         ``{model: {"balanced_accuracy": [per fold], "minority_recall": [per fold]}}``
         plus ``"_folds"``: per-fold training class counts after subsampling.
     """
-    cv = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=random_state)
     models = make_models(betas, C=C, max_iter=max_iter)
     results = {name: {"balanced_accuracy": [], "minority_recall": []} for name in models}
     results["_folds"] = []
-    for fold, (tr, te) in enumerate(cv.split(X, y, groups)):
+    for fold, (tr, te) in enumerate(patient_folds(X, y, groups, n_splits, random_state)):
         tr = subsample_minority(tr, y, groups, imbalance, minority, seed=random_state + fold)
         labels, counts = np.unique(y[tr], return_counts=True)
         results["_folds"].append({str(k): int(v) for k, v in zip(labels, counts)})
@@ -190,8 +190,7 @@ def main(argv=None):
         print(f"   ({time.perf_counter() - t0:.1f} s)")
         report[task] = res
     if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(report, indent=2))
+        write_results(args.out, report)
     return report
 
 

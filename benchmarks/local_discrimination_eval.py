@@ -27,7 +27,6 @@ the main benchmark (``benchmarks/run.py``) LD rows in the shape of its ``model_r
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -36,17 +35,14 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(HERE))
 
 from sklearn.base import BaseEstimator, ClassifierMixin, clone  # noqa: E402
 from sklearn.linear_model import LogisticRegression  # noqa: E402
-from sklearn.metrics import balanced_accuracy_score, roc_auc_score  # noqa: E402
-from sklearn.model_selection import StratifiedGroupKFold  # noqa: E402
 from sklearn.pipeline import make_pipeline  # noqa: E402
 from sklearn.preprocessing import StandardScaler  # noqa: E402
 
-
-def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+from _harness import fold_summary, log, patient_folds, quality_metrics, write_results  # noqa: E402
 
 
 class PretrainThenFineTune(ClassifierMixin, BaseEstimator):
@@ -121,12 +117,6 @@ def rows(p: dict, device: str, seed: int):
 
 
 # ----------------------------------------------------------------------------- evaluation
-def _metrics(y_true, proba, classes):
-    pred = classes[np.argmax(proba, axis=1)]
-    return {"macro_auc": roc_auc_score(y_true, proba, multi_class="ovr", average="macro", labels=classes),
-            "balanced_accuracy": balanced_accuracy_score(y_true, pred)}
-
-
 def _kmeans_segments(est, X_fit, X_eval, k, seed, pixels=20000):
     """k-means (K clusters) on pixel embeddings of ``X_fit`` (sampled pixels), labels for ``X_eval``."""
     from sklearn.cluster import MiniBatchKMeans
@@ -163,7 +153,6 @@ def evaluate(args):
              pretrain_lr=args.pretrain_lr)
     # The classifier and SimCLR need the encoder as a class when it is the LD VGG (no name in build_backbone).
     enc_arch = VGGLDEncoder if args.backbone == "vgg_ld" else args.backbone
-    cv = StratifiedGroupKFold(n_splits=args.folds, shuffle=True, random_state=args.seed)
     names = ["linear probe: LD", "linear probe: SimCLR", "linear probe: random init",
              "fine-tuned mask-attention: LD", "fine-tuned mask-attention: SimCLR",
              "fine-tuned mask-attention: random init"]
@@ -172,7 +161,7 @@ def evaluate(args):
     dice_upper = {k: [] for k in dice}
     seconds = {"ld_pretrain": 0.0, "simclr_pretrain": 0.0}
     t_start = time.perf_counter()
-    for fold, (train, test) in enumerate(cv.split(X, y, groups)):
+    for fold, (train, test) in enumerate(patient_folds(X, y, groups, args.folds, args.seed)):
         log(f"fold {fold + 1}/{args.folds}: {len(train)} train / {len(test)} test images")
         t0 = time.perf_counter()
         ld = _ld(p, device, args.seed).fit(X[train])
@@ -189,11 +178,12 @@ def evaluate(args):
             scaler = StandardScaler().fit(est.transform(X[train]))
             lr = LogisticRegression(C=0.1, max_iter=3000).fit(scaler.transform(est.transform(X[train])), y[train])
             proba = lr.predict_proba(scaler.transform(est.transform(X[test])))
-            per_fold[f"linear probe: {tag}"].append(_metrics(y[test], proba, classes))
+            per_fold[f"linear probe: {tag}"].append(quality_metrics(y[test], proba, classes))
         for tag, enc in (("LD", ld.encoder_), ("SimCLR", simclr.encoder_), ("random init", None)):
             clf = _classifier(p, device, args.seed, backbone=enc_arch, encoder=enc)
             clf.fit(X[train], y[train], masks=np.where(has[train, None, None], masks[train], False))
-            per_fold[f"fine-tuned mask-attention: {tag}"].append(_metrics(y[test], clf.predict_proba(X[test]), classes))
+            per_fold[f"fine-tuned mask-attention: {tag}"].append(
+                quality_metrics(y[test], clf.predict_proba(X[test]), classes))
 
         held = test[has[test]]
         if len(held):
@@ -213,7 +203,7 @@ def evaluate(args):
 
         res = _summary(args, device, X, has, names, per_fold, dice, dice_upper, seconds, t_start)
         if args.out:  # after every fold, so a run cut short still leaves its folds
-            _write(res, Path(args.out))
+            write_results(Path(args.out) / "results.json", res, markdown(res))
     return res
 
 
@@ -222,21 +212,14 @@ def _summary(args, device, X, has, names, per_fold, dice, dice_upper, seconds, t
     for n in names:
         row = {"model": n, "folds": len(per_fold[n])}
         for k in ("macro_auc", "balanced_accuracy"):
-            vals = [m[k] for m in per_fold[n]]
-            row[k], row[k + "_std"] = float(np.mean(vals)), float(np.std(vals))
-            row[k + "_per_fold"] = [float(v) for v in vals]
+            row.update(fold_summary(per_fold[n], [k]))
+            row[k + "_per_fold"] = [float(m[k]) for m in per_fold[n]]
         summary.append(row)
     return {"settings": {**vars(args), "device": device, "n_images": int(len(X)), "n_masked": int(has.sum())},
             "rows": summary,
             "cluster_dice": {k: {"mean": float(np.mean(v)), "std": float(np.std(v)), "per_fold": [float(x) for x in v],
                                  "per_image_best_mean": float(np.mean(dice_upper[k]))} for k, v in dice.items() if v},
             "seconds": {**seconds, "total": time.perf_counter() - t_start}}
-
-
-def _write(res, out: Path) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(res, indent=2))
-    (out / "results.md").write_text(markdown(res))
 
 
 def markdown(res) -> str:

@@ -32,15 +32,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
-from sklearn.metrics import balanced_accuracy_score, roc_auc_score
-from sklearn.model_selection import StratifiedGroupKFold
 
-from dp_sklearn.datasets import load_cxr1k
-from dp_sklearn.estimators.mask_attention import MaskAttentionClassifier
-from dp_sklearn.metrics import lesion_focus
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _harness import patient_folds, quality_metrics, write_results  # noqa: E402
+
+from dp_sklearn.datasets import load_cxr1k  # noqa: E402
+from dp_sklearn.estimators.mask_attention import MaskAttentionClassifier  # noqa: E402
+from dp_sklearn.metrics import lesion_focus  # noqa: E402
 
 VARIANTS = {
     "full": {},
@@ -58,11 +61,11 @@ def evaluate_fold(data, train, test, params, variants=VARIANTS):
     for name, extra in variants.items():
         start = time.perf_counter()
         clf = MaskAttentionClassifier(**{**params, **extra}).fit(X[train], y[train], masks=masks[train])
-        proba = clf.predict_proba(X[test])
+        quality = quality_metrics(y[test], clf.predict_proba(X[test]), clf.classes_)
         focus, area = lesion_focus(clf.attention_maps(X[test][has]), masks[test][has])
         out[name] = {
-            "macro_auc": float(roc_auc_score(y[test], proba, multi_class="ovr", average="macro")),
-            "balanced_accuracy": float(balanced_accuracy_score(y[test], clf.classes_[proba.argmax(1)])),
+            "macro_auc": float(quality["macro_auc"]),
+            "balanced_accuracy": float(quality["balanced_accuracy"]),
             "lesion_focus": float(np.nanmean(focus)),
             "mask_area": float(np.mean(area)),
             "focus_lift": float(np.nanmean(focus) / np.mean(area)),
@@ -120,8 +123,7 @@ def main(argv=None):
         folds = [merged[k] for k in sorted(merged)]
         summary = summarize(folds, [run["args"] for run in runs])
         if args.out:
-            with open(args.out, "w") as f:
-                json.dump({"args": [run["args"] for run in runs], "folds": folds, "summary": summary}, f, indent=2)
+            write_results(args.out, {"args": [run["args"] for run in runs], "folds": folds, "summary": summary})
         return summary
 
     data = load_cxr1k(image_size=args.image_size)
@@ -130,9 +132,8 @@ def main(argv=None):
         lr=args.lr, device=args.device, random_state=args.seed, verbose=0,
         backbone_kwargs=None if args.stem_stride is None else {"stem_stride": args.stem_stride},
     )
-    splitter = StratifiedGroupKFold(args.n_splits, shuffle=True, random_state=0)
     folds = []
-    for k, (train, test) in enumerate(splitter.split(data.images, data.target, data.groups)):
+    for k, (train, test) in enumerate(patient_folds(data.images, data.target, data.groups, args.n_splits, seed=0)):
         if (k not in args.fold_ids) if args.fold_ids is not None else (k >= args.folds):
             continue
         res = evaluate_fold(data, train, test, params, {v: VARIANTS[v] for v in args.variants})
@@ -143,8 +144,7 @@ def main(argv=None):
         folds.append({**res, "fold": k})
     summary = summarize(folds, vars(args))
     if args.out:
-        with open(args.out, "w") as f:
-            json.dump({"args": vars(args), "folds": folds, "summary": summary}, f, indent=2)
+        write_results(args.out, {"args": vars(args), "folds": folds, "summary": summary})
     return summary
 
 

@@ -28,7 +28,6 @@ and ``rows(profile, device, seed)`` are what ``benchmarks/run.py`` can call to a
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -37,9 +36,11 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))  # run from a clone without installing
+sys.path.insert(0, str(HERE))
 
 from sklearn.metrics import average_precision_score, roc_auc_score  # noqa: E402
-from sklearn.model_selection import StratifiedGroupKFold  # noqa: E402
+
+from _harness import fold_summary, log, patient_folds, write_results  # noqa: E402
 
 PROFILES = {
     # CPU-affordable: the main benchmark's quick setting.
@@ -62,10 +63,6 @@ PROFILES = {
 
 REFERENCE = {"model": "Jin et al. 2023 (dual-weighted metric loss), published",
              "mean_auc": 0.826, "note": "ChestX-ray14, 14 findings, official split, 224 px; not comparable to cxr1k"}
-
-
-def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
 def rows(profile="quick", device="auto", seed=0, label_names=None):
@@ -150,7 +147,7 @@ def run(profile="quick", device="auto", seed=0, only=None, min_pos=5, out=None, 
         idx = np.random.RandomState(seed).permutation(len(X))[: p["subsample"]]
         X, Y, target, groups = X[idx], Y[idx], target[idx], groups[idx]
     pneumonia = target == list(data.target_names).index("pneumonia")
-    splits = list(StratifiedGroupKFold(n_splits=p["folds"], shuffle=True, random_state=seed).split(X, target, groups))
+    splits = patient_folds(X, target, groups, p["folds"], seed)
     cols = eligible_findings(Y, splits, min_pos)
     cols_within = [c for c in eligible_findings(Y, splits, min_pos, within=pneumonia) if names[c] != "Pneumonia"]
     cols_pooled = [c for c in range(Y.shape[1]) if Y[:, c].sum() >= min_pos_pooled]
@@ -190,11 +187,8 @@ def run(profile="quick", device="auto", seed=0, only=None, min_pos=5, out=None, 
             log(f"  fold {k + 1}/{len(splits)}: mean AUC {m['mean_auc']:.3f}  within-pneumonia "
                 f"{m['mean_auc_within_pneumonia'] if m['mean_auc_within_pneumonia'] is None else round(m['mean_auc_within_pneumonia'], 3)}"
                 f"  mAP {m['mean_ap']:.3f}  ({time.perf_counter() - t0:.1f} s)")
-        row = {"model": name, "folds": len(per_fold), "fit_seconds": fit_s}
-        for key in ("mean_auc", "mean_auc_within_pneumonia", "mean_ap"):
-            vals = [m[key] for m in per_fold if m[key] is not None]
-            row[key] = float(np.mean(vals)) if vals else None
-            row[key + "_std"] = float(np.std(vals)) if vals else None
+        row = {"model": name, "folds": len(per_fold), "fit_seconds": fit_s,
+               **fold_summary(per_fold, ("mean_auc", "mean_auc_within_pneumonia", "mean_ap"))}
         row["auc_per_finding"] = {names[c]: float(np.mean([m["auc"][c] for m in per_fold])) for c in cols}
         pooled = {names[c]: float(roc_auc_score(Y[:, c], oof[:, c])) for c in cols_pooled}
         row["pooled_auc"] = float(np.mean(list(pooled.values())))
@@ -241,10 +235,8 @@ def markdown(result) -> str:
 
 
 def save(result, out: Path) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    stem = f"multilabel_{result['profile']}"
-    (out / f"{stem}.json").write_text(json.dumps(result, indent=1))
-    (out / f"{stem}.md").write_text(markdown(result))
+    """Write ``multilabel_<profile>.json`` and ``.md`` into the folder ``out``."""
+    write_results(Path(out) / f"multilabel_{result['profile']}.json", result, markdown(result), indent=1)
 
 
 def main(argv=None):

@@ -29,7 +29,6 @@ read the JSON/markdown under ``--out``. :func:`rows` gives the main benchmark
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -38,16 +37,12 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(HERE))
 
-from sklearn.metrics import accuracy_score, balanced_accuracy_score, roc_auc_score  # noqa: E402
-from sklearn.model_selection import StratifiedGroupKFold  # noqa: E402
+from _harness import fold_summary, log, patient_folds, quality_metrics, write_results  # noqa: E402
 
 DEFAULTS = dict(image_size=64, backbone="resnet10_half", folds=3, epochs=8, pretrain_epochs=8, batch_size=64, lr=2e-3,
                 feedback_every=1)
-
-
-def log(msg):
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
 def rows(profile: dict, device: str, seed: int):
@@ -147,7 +142,7 @@ def main(argv=None):
             np.concatenate([rng.permutation(np.flatnonzero((y == c) & avail)),
                             rng.permutation(np.flatnonzero((y == c) & ~avail))])[:args.subsample] for c in range(3)]))
         X, y, groups, masks, avail = X[keep], y[keep], groups[keep], masks[keep], avail[keep]
-    splits = list(StratifiedGroupKFold(n_splits=args.folds, shuffle=True, random_state=args.seed).split(X, y, groups))
+    splits = patient_folds(X, y, groups, args.folds, args.seed)
     if args.max_folds:
         splits = splits[:args.max_folds]
     models = _models(p, device, args.seed)
@@ -162,10 +157,7 @@ def main(argv=None):
             est.fit(X[train], y[train], masks=np.where(avail[train, None, None], masks[train], False))
             fit_s = time.perf_counter() - t0
             proba = est.predict_proba(X[test])
-            pred = np.argmax(proba, 1)
-            m = {"macro_auc": roc_auc_score(y[test], proba, multi_class="ovr", average="macro", labels=[0, 1, 2]),
-                 "balanced_accuracy": balanced_accuracy_score(y[test], pred),
-                 "accuracy": accuracy_score(y[test], pred), "fit_seconds": fit_s}
+            m = {**quality_metrics(y[test], proba, [0, 1, 2]), "fit_seconds": fit_s}
             held = test[avail[test]]
             lo = localization(est, X[held], masks[held], y[held], args.image_size, attention=key == "dp",
                               cam_layer=args.cam_layer)
@@ -175,10 +167,7 @@ def main(argv=None):
             log(f"  fold {k + 1}/{len(splits)}: macro-AUC {m['macro_auc']:.3f} bal-acc {m['balanced_accuracy']:.3f} "
                 f"| held-out masked {len(held)}: IoU {np.nanmean(lo['iou']):.3f} hit {np.nanmean(lo['hit']):.3f} "
                 f"({fit_s:.0f} s fit)")
-        row = {"model": name, "folds": len(folds)}
-        for metric in ("macro_auc", "balanced_accuracy", "accuracy"):
-            vals = [f[metric] for f in folds]
-            row[metric], row[metric + "_std"] = float(np.mean(vals)), float(np.std(vals))
+        row = {"model": name, "folds": len(folds), **fold_summary(folds, ("macro_auc", "balanced_accuracy", "accuracy"))}
         row["fit_seconds"] = float(np.sum([f["fit_seconds"] for f in folds]))
         row["n_localized"] = int(np.sum(np.isfinite(loc["hit"])))
         row["gradcam_box_iou"] = float(np.nanmean(loc["iou"]))
@@ -203,10 +192,7 @@ def main(argv=None):
               f"{any_row['pointing_chance']:.3f} (mean mask area), central half-size box IoU {any_row['central_box_iou']:.3f}."]
     md = "\n".join(lines)
     print(md)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"settings": p, "folds": args.folds, "device": device, "results": results}, indent=2))
-    out.with_suffix(".md").write_text(md + "\n")
+    write_results(args.out, {"settings": p, "folds": args.folds, "device": device, "results": results}, md + "\n")
     return results
 
 

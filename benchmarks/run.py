@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 import platform
 import resource
@@ -40,17 +39,11 @@ sys.path.insert(0, str(HERE.parent))  # run from a clone without installing
 sys.path.insert(0, str(HERE))
 
 from sklearn.linear_model import LogisticRegression  # noqa: E402
-from sklearn.metrics import (  # noqa: E402
-    accuracy_score,
-    balanced_accuracy_score,
-    confusion_matrix,
-    f1_score,
-    recall_score,
-    roc_auc_score,
-)
-from sklearn.model_selection import StratifiedGroupKFold  # noqa: E402
+from sklearn.metrics import confusion_matrix  # noqa: E402
 from sklearn.pipeline import make_pipeline  # noqa: E402
 from sklearn.preprocessing import FunctionTransformer, StandardScaler  # noqa: E402
+
+from _harness import log, patient_folds, quality_metrics, write_results  # noqa: E402
 
 PROFILES = {
     # The default (``make run``): 2 CPU cores, at most 15 minutes. The CNN rows use
@@ -74,10 +67,6 @@ SHARED = ("max_epochs", "lr", "batch_size", "weight_decay", "lr_schedule", "warm
 
 REFERENCE = {"model": "DarkCovidNet (Ozturk et al. 2020, published)", "accuracy": 0.8702,
              "note": "3-class, 5-fold CV, image-level split (not patient-grouped)"}
-
-
-def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
 # ----------------------------------------------------------------------------- models
@@ -173,18 +162,6 @@ def make_pretrainer(p: dict, device: str, seed: int):
 
 
 # ----------------------------------------------------------------------------- metrics
-def quality_metrics(y_true, proba, classes, target_names):
-    pred = classes[np.argmax(proba, axis=1)]
-    recall = recall_score(y_true, pred, labels=classes, average=None, zero_division=0)
-    return {
-        "accuracy": accuracy_score(y_true, pred),
-        "balanced_accuracy": balanced_accuracy_score(y_true, pred),
-        "macro_f1": f1_score(y_true, pred, average="macro", zero_division=0),
-        "macro_auc": roc_auc_score(y_true, proba, multi_class="ovr", average="macro", labels=classes),
-        "per_class_recall": dict(zip(target_names, map(float, recall))),
-    }
-
-
 def summarise(name, fold_metrics, localisation=None):
     keys = ["accuracy", "balanced_accuracy", "macro_f1", "macro_auc"]
     row = {"model": name, "folds": len(fold_metrics)}
@@ -255,8 +232,7 @@ def run_quality(data, p, device, seed, out: Path, only=None):
     X, y, groups = data.images, data.target, data.groups
     masks, available = data.masks, data.mask_available
     classes = np.arange(len(data.target_names))
-    cv = StratifiedGroupKFold(n_splits=p["folds"], shuffle=True, random_state=seed)
-    splits = list(cv.split(X, y, groups))[:p.get("eval_folds") or p["folds"]]
+    splits = patient_folds(X, y, groups, p["folds"], seed)[:p.get("eval_folds") or p["folds"]]
     rows = model_rows(p, device, seed)
     if only:
         rows = [r for r in model_rows(dict(p, related=True, ablation=True), device, seed)
@@ -567,13 +543,12 @@ def main(argv=None):
         res["multilabel"] = multilabel_eval.run(ml_profile, device=device, seed=args.seed,
                                                 only=["1", "2", "4", "5"], out=str(out / "multilabel"))
     res["seconds"] = time.perf_counter() - t_start
-    (out / "results.json").write_text(json.dumps(res, indent=2, default=str))
     md = markdown_report(res)
     if "multilabel" in res:
         import multilabel_eval
 
         md += "\n" + multilabel_eval.markdown(res["multilabel"])
-    (out / "results.md").write_text(md)
+    write_results(out / "results.json", res, md)
     figures(res, data, oof, att_examples, out)
     print(md)
     if args.update_readme:

@@ -98,3 +98,27 @@ def test_benchmark_harness_end_to_end(tmp_path):
     for name in ("results.md", "confusion_matrix.png", "roc.png", "attention_overlays.png", "ablation.png"):
         assert (tmp_path / name).exists(), name
     assert res["machine"]["cores"] >= 1
+
+
+def test_benchmark_harness_shared_pieces(tmp_path):
+    """benchmarks/_harness.py: patient-grouped folds, the quality metrics, mean ± std, the result files."""
+    harness = load_script(ROOT / "benchmarks" / "_harness.py")
+    rng = np.random.RandomState(0)
+    y = np.repeat([0, 1, 2], 20)
+    groups = np.arange(60) // 2  # two images per patient
+    folds = harness.patient_folds(np.zeros((60, 1)), y, groups, 4, seed=0)
+    assert len(folds) == 4 and sorted(np.concatenate([test for _, test in folds]).tolist()) == list(range(60))
+    assert all(not set(groups[train]) & set(groups[test]) for train, test in folds)
+
+    proba = rng.dirichlet(np.ones(3), size=60)
+    proba[np.arange(60), y] += 1  # every argmax right
+    m = harness.quality_metrics(y, proba / proba.sum(1, keepdims=True), np.arange(3), ["a", "b", "c"])
+    assert m["accuracy"] == m["balanced_accuracy"] == m["macro_f1"] == m["macro_auc"] == 1.0
+    assert m["per_class_recall"] == {"a": 1.0, "b": 1.0, "c": 1.0}
+
+    row = harness.fold_summary([{"auc": 0.5, "ap": None}, {"auc": 0.7, "ap": None}], ["auc", "ap"])
+    assert row == {"auc": pytest.approx(0.6), "auc_std": pytest.approx(0.1), "ap": None, "ap_std": None}
+
+    harness.write_results(tmp_path / "sub" / "results.json", {"a": 1, "path": tmp_path}, "| table |\n")
+    assert json.loads((tmp_path / "sub" / "results.json").read_text()) == {"a": 1, "path": str(tmp_path)}
+    assert (tmp_path / "sub" / "results.md").read_text() == "| table |\n"

@@ -4,27 +4,14 @@ Plumbing on tiny random arrays (shapes, errors, scikit-learn's multi-label contr
 warm start); the losses against direct loop computations; one slow learning test on the bundled
 real data (cxr1k's NIH findings, patient-grouped split).
 
-scikit-learn's ``check_classifiers_multilabel_*`` checks draw 2-feature tabular data; they run here
-on a ``Pipeline`` whose first step turns the 2 features into 16x16 images (the estimator takes
-images). Generic ``check_estimator`` checks that do not apply to an image model with an indicator
-target, and why:
-
-* the checks that feed 2-D tabular ``X`` to the estimator itself (``check_fit2d_*``,
-  ``check_dtype_object``, ``check_estimators_dtypes``, ``check_n_features_in``,
-  ``check_fit_check_is_fitted`` ...): the input is ``(n, H, W)`` images (tag ``two_d_array=False``);
-* the checks that fit 1-D class labels (``check_classifiers_train``, ``check_classifiers_classes``,
-  ``check_supervised_y_2d``, ``check_classifiers_one_label*``...): the target must be an indicator
-  matrix, and a 1-D ``y`` is a ``ValueError`` by design (tested below);
-* ``check_no_attributes_set_in_init``: skorch's ``NeuralNet.__init__`` itself sets ``history_``,
-  ``initialized_``, ``virtual_params_`` and the ``iterator_train__shuffle`` default;
-* ``check_sample_weight_equivalence_*``: ``sample_weight`` multiplies each image's loss, but
-  mini-batch SGD with shuffling is not equivalent to repeating rows.
+scikit-learn's full estimator check suite runs on this estimator in test_sklearn_compliance.py
+(its tags make scikit-learn feed ``(n, 1)`` indicator columns; the checks that cannot apply are
+listed there with their reasons).
 """
 
 from __future__ import annotations
 
 import pickle
-import warnings
 
 import numpy as np
 import pytest
@@ -33,16 +20,6 @@ import torch
 import torch.nn.functional as F
 from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import FunctionTransformer
-from sklearn.utils.estimator_checks import (
-    check_classifiers_multilabel_output_format_decision_function,
-    check_classifiers_multilabel_output_format_predict,
-    check_classifiers_multilabel_output_format_predict_proba,
-    check_classifiers_multilabel_representation_invariance,
-    check_get_params_invariance,
-    check_parameters_default_constructible,
-)
 
 from dp_sklearn.estimators.multilabel import MultiLabelLoss, MultiLabelMetricClassifier, check_indicator
 from dp_sklearn.losses.class_balanced import ClassBalancedLoss
@@ -73,7 +50,7 @@ def tiny_ml():
     "y, match",
     [
         (np.array([0, 1, 2, 1]), "indicator matrix"),
-        (np.array([[0], [1], [1], [0]]), "1 column"),
+        (np.zeros((4, 0)), "0 column"),
         (np.array([[0, 2], [1, 0], [1, 1], [0, 0]]), r"values \[2\]"),
         (np.array([[0, 0.5], [1, 0], [1, 1], [0, 0]]), r"values \[0.5\]"),
         (np.array([[0, np.nan], [1, 0], [1, 1], [0, 0]]), "NaN"),
@@ -95,6 +72,16 @@ def test_check_indicator_accepts_sparse_bool_and_lists():
         out = check_indicator(y)
         assert out.dtype == np.uint8
         np.testing.assert_array_equal(out, Y)
+
+
+def test_one_column_is_one_finding(tiny_ml):
+    """A one-column indicator is one finding, present or absent: predict keeps the column."""
+    X, Y = tiny_ml
+    clf = small().fit(X, Y[:, :1])
+    assert clf.predict(X).shape == (16, 1) and clf.predict_proba(X).shape == (16, 1)
+    np.testing.assert_array_equal(clf.classes_, [0])
+    with pytest.raises(ValueError, match="at least two label columns"):
+        small(loss="class_balanced").fit(X, Y[:, :1])
 
 
 # ----------------------------------------------------------------------------- plumbing
@@ -145,36 +132,12 @@ def test_not_fitted_clone_params_and_pickle(tiny_ml, tmp_path):
         clone(clf).predict(X)
 
 
-def test_sklearn_generic_checks_that_apply():
-    est = small()
-    check_parameters_default_constructible("MultiLabelMetricClassifier", est)
-    check_get_params_invariance("MultiLabelMetricClassifier", est)
-    tags = est.__sklearn_tags__()
-    assert tags.classifier_tags.multi_label and tags.estimator_type == "classifier"
+def test_tags_say_multi_label_image_classifier():
+    tags = small().__sklearn_tags__()
+    assert tags.classifier_tags.multi_label and not tags.classifier_tags.multi_class
+    assert tags.target_tags.multi_output and not tags.target_tags.single_output
+    assert tags.estimator_type == "classifier"
     assert tags.input_tags.three_d_array and not tags.input_tags.two_d_array
-
-
-def _features_to_images(X):
-    """(n, 2) tabular features -> (n, 16, 16) images (x0 times a horizontal ramp, x1 a vertical one)."""
-    X = np.asarray(X, dtype=np.float32)
-    ramp = np.linspace(-1, 1, 16, dtype=np.float32)
-    return X[:, 0, None, None] * ramp[None, None, :] + X[:, 1, None, None] * ramp[None, :, None]
-
-
-@pytest.mark.parametrize(
-    "check",
-    [
-        check_classifiers_multilabel_representation_invariance,
-        check_classifiers_multilabel_output_format_predict,
-        check_classifiers_multilabel_output_format_predict_proba,
-        check_classifiers_multilabel_output_format_decision_function,
-    ],
-)
-def test_sklearn_multilabel_checks(check):
-    pipe = make_pipeline(FunctionTransformer(_features_to_images), small(embed_dims=(16, 8)))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # make_multilabel_classification may leave a label empty
-        check("MultiLabelMetricClassifier", pipe)
 
 
 def test_masks_are_accepted_routed_per_fold_and_ignored(tiny_ml):

@@ -173,7 +173,8 @@ class TorchEstimatorMixin:
     def _encode_y(self, y, n_samples):
         """Validate class labels and encode them to ``0..k-1``; returns ``(classes, encoded int64)``."""
         if y is None:
-            raise ValueError(f"y is required: {type(self).__name__} is a supervised classifier.")
+            raise ValueError(f"{type(self).__name__} requires y to be passed, but the target y is None: it is a "
+                             "supervised classifier.")
         y = np.asarray(y)
         if y.ndim == 2 and y.shape[1] == 1:
             y = y.ravel()

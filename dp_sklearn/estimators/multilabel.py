@@ -22,6 +22,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 from sklearn.base import ClassifierMixin
+from sklearn.utils.multiclass import type_of_target
 from sklearn.utils.validation import check_is_fitted
 from skorch import NeuralNet
 
@@ -42,7 +43,8 @@ def check_indicator(y, n_samples=None):
     Parameters
     ----------
     y : array-like or sparse matrix of shape (n_samples, n_labels)
-        Values in {0, 1} (bool, int or float), at least two label columns.
+        Values in {0, 1} (bool, int or float), at least one label column (one column: one
+        finding, present or absent).
     n_samples : int, optional
         Expected number of rows.
 
@@ -53,7 +55,7 @@ def check_indicator(y, n_samples=None):
     Raises
     ------
     ValueError
-        ``y`` is 1-D (class labels), has one column, values other than 0/1, NaN, or the wrong
+        ``y`` is 1-D (class labels), has no column, values other than 0/1, NaN, or the wrong
         number of rows.
 
     Examples
@@ -62,7 +64,8 @@ def check_indicator(y, n_samples=None):
     (3, 2)
     """
     if y is None:
-        raise ValueError("y is required: MultiLabelMetricClassifier is a supervised multi-label classifier.")
+        raise ValueError("MultiLabelMetricClassifier requires y to be passed, but the target y is None: it is a "
+                         "supervised multi-label classifier.")
     if sp.issparse(y):
         y = y.toarray()
     try:
@@ -70,12 +73,13 @@ def check_indicator(y, n_samples=None):
     except Exception as exc:
         raise ValueError(f"y could not be converted to an indicator matrix: {exc}") from exc
     hint = ("y must be a multi-label indicator matrix of shape (n_samples, n_labels) with values in {0, 1} "
-            "and at least two labels (e.g. load_cxr1k().multilabel, or MultiLabelBinarizer().fit_transform "
+            "and at least one label (e.g. load_cxr1k().multilabel, or MultiLabelBinarizer().fit_transform "
             "of label lists)")
     if Y.ndim != 2:
-        raise ValueError(f"{hint}; got an array of shape {Y.shape}. For single-label classes use "
+        got = f"a {type_of_target(Y)!r} target" if Y.ndim == 1 and Y.size else "an array"  # e.g. 'multiclass'
+        raise ValueError(f"{hint}; got {got} of shape {Y.shape}. For single-label classes use "
                          "MaskAttentionClassifier.")
-    if Y.shape[1] < 2:
+    if Y.shape[1] < 1:
         raise ValueError(f"{hint}; got {Y.shape[1]} column(s).")
     if Y.dtype.kind not in "biuf":
         raise ValueError(f"{hint}; got dtype {Y.dtype}.")
@@ -94,14 +98,16 @@ class MultiLabelMetricClassifier(TorchClassifierBase, ClassifierMixin, NeuralNet
     """Multi-label chest X-ray classifier: image embeddings vs. label-name prototypes in one metric space.
 
     For ``y`` an indicator matrix ``(n, L)`` (e.g. ``load_cxr1k().multilabel``, NIH's 14
-    findings). Network: backbone -> global average pooling ``h`` -> visual MLP
-    ``d -> 512 -> 256 -> 128`` -> unit vector ``v``; label MLP ``384 -> 512 -> 256 -> 128`` on the
-    (fixed) semantic vectors of the label names -> unit prototypes ``p_c``; similarity
-    ``s_c = v . p_c`` in [-1, 1]; logit ``z_c = scale * s_c + b_c`` with a learnable per-label
-    threshold ``b_c`` (started at the label's training log-odds). Loss (see
-    :mod:`dp_sklearn.losses.metric`): the dual-weighted metric loss (calibrated label ranking with
-    margin; focal-like per-image weights, class-balanced per-label weights) plus
-    ``consistency_weight`` times the prototype-consistency loss.
+    findings; one column is one finding, present or absent; 1-D class labels are an error, they are
+    :class:`~dp_sklearn.estimators.mask_attention.MaskAttentionClassifier`'s).
+
+    Network: backbone -> global average pooling ``h`` -> visual MLP ``d -> 512 -> 256 -> 128`` ->
+    unit vector ``v``; label MLP ``384 -> 512 -> 256 -> 128`` on the (fixed) semantic vectors of
+    the label names -> unit prototypes ``p_c``; similarity ``s_c = v . p_c`` in [-1, 1]; logit
+    ``z_c = scale * s_c + b_c`` with a learnable per-label threshold ``b_c`` (started at the label's
+    training log-odds). Loss (see :mod:`dp_sklearn.losses.metric`): the dual-weighted metric loss
+    (calibrated label ranking with margin; focal-like per-image weights, class-balanced per-label
+    weights) plus ``consistency_weight`` times the prototype-consistency loss.
 
     Semantic vectors (``semantic_vectors="auto"``): the vectors shipped with dp_sklearn for the
     given ``label_names`` (all-MiniLM-L6-v2 sentence embeddings computed offline; see
@@ -333,6 +339,9 @@ class MultiLabelMetricClassifier(TorchClassifierBase, ClassifierMixin, NeuralNet
         thr = np.asarray(self.threshold, dtype=np.float64)
         if thr.ndim > 1 or (thr.ndim == 1 and len(thr) != y.shape[1]) or np.any((thr <= 0) | (thr >= 1)):
             raise ValueError(f"threshold must be a float in (0, 1) or {y.shape[1]} such floats, got {self.threshold!r}.")
+        if y.shape[1] == 1 and self.loss == "class_balanced":
+            raise ValueError("loss='class_balanced' weights the labels against each other and needs at least two "
+                             "label columns; for one label it is loss='bce'.")
         semantic, source = resolve_semantic_vectors(self.label_names, self.semantic_vectors, y.shape[1])
         counts = y.sum(axis=0).astype(np.int64)
         if np.any(counts == 0):

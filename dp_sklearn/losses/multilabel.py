@@ -60,7 +60,8 @@ class MultiLabelLoss(nn.Module):
     def set_label_counts(self, positives_per_label):
         counts = np.maximum(np.asarray(positives_per_label, dtype=np.float64), 1.0)
         self.dual_weighted.set_label_counts(counts)
-        self.class_balanced.set_samples_per_class(counts)
+        if counts.shape[0] > 1:  # class-balanced weights rank labels against each other: none for one label
+            self.class_balanced.set_samples_per_class(counts)
         return self
 
     def forward(self, logits, similarity, target, bias=None, prototypes=None, semantic=None, sample_weight=None):
