@@ -10,7 +10,7 @@ import pytest
 
 from dp_sklearn import DeepPneumoniaClassifier
 from dp_sklearn.estimators import ContrastivePretrainer, MaskAttentionClassifier
-from dp_sklearn.utils.outputs import write_rows
+from dp_sklearn.utils import write_rows
 
 CXR1K = Path(__file__).resolve().parents[2] / "shared" / "data" / "cxr1k" / "images"
 

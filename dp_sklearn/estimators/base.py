@@ -464,7 +464,7 @@ class PretrainerBase(FastTrainingSwitchMixin, TorchEstimatorBase):
         X : array-like of shape (n, H, W), (n, 1, H, W) or (n, H, W, 1), or sequence of paths
             Images of any size; they are resized to ``input_size_``.
         out : None, path ending in ``.npy``, or float32 array of shape (n, ``embedding_dim_``)
-            Where the embeddings go, batch by batch (see :func:`dp_sklearn.utils.outputs.write_rows`):
+            Where the embeddings go, batch by batch (see :func:`dp_sklearn.utils.write_rows`):
             a new array (None), a ``.npy`` file written as the batches come and returned as a
             ``numpy.memmap`` (memory stays flat however many paths ``X`` holds), or an array to fill.
 

@@ -416,7 +416,7 @@ class MaskAttentionClassifier(TorchClassifierBase, NeuralNetClassifier):
         ----------
         X : array-like (n, H, W) / (n, 1, H, W) / (n, H, W, 1), or sequence of paths
         out : None, path ending in ``.npy``, or float32 array of shape (n, H, W)
-            Where the maps go, batch by batch (see :func:`dp_sklearn.utils.outputs.write_rows`):
+            Where the maps go, batch by batch (see :func:`dp_sklearn.utils.write_rows`):
             a new array (None), a ``.npy`` file written as the batches come and returned as a
             ``numpy.memmap`` (memory stays flat however many paths ``X`` holds), or an array to fill.
 
