@@ -41,6 +41,7 @@ from ..data.dataset import XRayDataset
 from ..nn.backbones import build_backbone
 from ..nn.optim import param_groups_without_bias_decay
 from ..utils.device import autocast, resolve_device
+from ..utils.outputs import write_rows
 from ..utils.validation import check_images
 from ._docs import SHARED_PARAMETERS, fill_doc  # noqa: F401  (re-exported)
 from ._torch import TorchEstimatorMixin, _as_size
@@ -218,15 +219,17 @@ class TorchEstimatorBase(TorchEstimatorMixin):
         return args, kwargs
 
     # ------------------------------------------------------------------ inference
-    def _forward_outputs(self, dataset, *keys):
-        """Run the module over ``dataset`` in eval mode: ``(outputs, {key: aux[key]})``, float32 on CPU."""
-        outs, extra = [], {key: [] for key in keys}
+    def _forward_batches(self, dataset, *keys):
+        """Run the module over ``dataset`` in eval mode, yielding ``(outputs, {key: aux[key]})`` per batch,
+        float32 on CPU."""
         for yp in self.forward_iter(dataset, training=False):
             out, aux = yp if isinstance(yp, tuple) else (yp, {})
-            outs.append(out.float().cpu())
-            for key in keys:
-                extra[key].append(aux[key].float().cpu())
-        return torch.cat(outs), {key: torch.cat(v) for key, v in extra.items()}
+            yield out.float().cpu(), {key: aux[key].float().cpu() for key in keys}
+
+    def _forward_outputs(self, dataset, *keys):
+        """:meth:`_forward_batches` concatenated: ``(outputs, {key: aux[key]})``."""
+        outs, extras = zip(*self._forward_batches(dataset, *keys))
+        return torch.cat(outs), {key: torch.cat([extra[key] for extra in extras]) for key in keys}
 
     def _validation_step_with(self, inputs_fn, batch):
         """A validation step whose module inputs come from ``inputs_fn(x)`` (eval mode, no grad)."""
@@ -324,9 +327,12 @@ class TorchClassifierBase(TorchEstimatorBase):
             raise NotFittedError(f"{type(self).__name__} is not fitted yet: it has no classes_.")
         return self.fitted_classes_
 
-    def _predict_dataset(self, X):
+    def _predict_images(self, X):
         check_is_fitted(self, "fitted_classes_")
-        images = check_images(X, min_samples=1)
+        return check_images(X, min_samples=1)
+
+    def _predict_dataset(self, X):
+        images = self._predict_images(X)
         return images, self._make_dataset(images)
 
     def predict(self, X):
@@ -450,20 +456,31 @@ class PretrainerBase(FastTrainingSwitchMixin, TorchEstimatorBase):
         images, _ = self._validate_data(X, fitting=False)
         return XRayDataset(images, image_size=self.input_size_)
 
-    def transform(self, X):
+    def transform(self, X, out=None):
         """Embed images with the trained encoder.
 
         Parameters
         ----------
         X : array-like of shape (n, H, W), (n, 1, H, W) or (n, H, W, 1), or sequence of paths
             Images of any size; they are resized to ``input_size_``.
+        out : None, path ending in ``.npy``, or float32 array of shape (n, ``embedding_dim_``)
+            Where the embeddings go, batch by batch (see :func:`dp_sklearn.utils.write_rows`):
+            a new array (None), a ``.npy`` file written as the batches come and returned as a
+            ``numpy.memmap`` (memory stays flat however many paths ``X`` holds), or an array to fill.
 
         Returns
         -------
         ndarray of float32, shape (n, ``embedding_dim_``)
+            ``out`` itself when it is an array, the opened file when it is a path.
         """
-        chunks = [out.float().cpu() for out in self.forward_iter(self._dataset(X), training=False)]
-        return torch.cat(chunks).numpy().astype(np.float32, copy=False)
+        check_is_fitted(self, "module_")
+        images, _ = self._validate_data(X, fitting=False)
+
+        def embeddings():  # a generator: runs only once ``out`` is checked
+            for batch in self.forward_iter(XRayDataset(images, image_size=self.input_size_), training=False):
+                yield batch.float().cpu().numpy()
+
+        return write_rows(embeddings(), (len(images), self.embedding_dim_), out)
 
     def get_feature_names_out(self, input_features=None):
         """Names of the embedding columns: ``embedding0``, ``embedding1``, ...

@@ -248,15 +248,19 @@ class DeepPneumoniaClassifier(ClassifierMixin, TransformerMixin, BaseEstimator):
         check_is_fitted(self, "classifier_")
         return self.classifier_.predict(X)
 
-    def attention_maps(self, X):
-        """Where the model looked: float32 ``(n, H, W)`` in [0, 1] at the input resolution."""
-        check_is_fitted(self, "classifier_")
-        return self.classifier_.attention_maps(X)
+    def attention_maps(self, X, out=None):
+        """Where the model looked: float32 ``(n, H, W)`` in [0, 1] at the input resolution.
 
-    def transform(self, X):
-        """Pooled image embeddings of the fine-tuned encoder, ``(n, d)``."""
+        ``out`` (None, a path ending in ``.npy``, or a float32 array to fill) streams the maps to
+        disk batch by batch, see :meth:`MaskAttentionClassifier.attention_maps`.
+        """
         check_is_fitted(self, "classifier_")
-        return self.classifier_.transform(X)
+        return self.classifier_.attention_maps(X, out=out)
+
+    def transform(self, X, out=None):
+        """Pooled image embeddings of the fine-tuned encoder, ``(n, d)``; ``out`` as in :meth:`attention_maps`."""
+        check_is_fitted(self, "classifier_")
+        return self.classifier_.transform(X, out=out)
 
     def score(self, X, y, sample_weight=None):
         """Accuracy on ``(X, y)``; labels unseen during ``fit`` raise a ValueError."""

@@ -25,6 +25,7 @@ from ..losses.attention import LesionContrastiveLoss, MaskAttentionLoss, make_al
 from ..losses.class_balanced import ClassBalancedLoss
 from ..nn.attention import MaskAttentionNet
 from ..nn.optim import init_last_layer_bias
+from ..utils.outputs import write_rows
 from .base import TorchClassifierBase, TorchEstimatorBase, fill_doc
 
 __all__ = ["MaskAttentionClassifier"]
@@ -405,24 +406,56 @@ class MaskAttentionClassifier(TorchClassifierBase, NeuralNetClassifier):
             proba = proba + self._probabilities(logits).double()
         return (proba / views).numpy().astype(np.float32)
 
-    def attention_maps(self, X):
+    def attention_maps(self, X, out=None):
         """Where the model looks: float32 ``(n, H, W)`` in [0, 1] at the input resolution.
 
         The learned map ``A`` (sigmoid of the attention branch, no mask involved) upsampled
         bilinearly from the feature grid to the input images' size (to ``image_size`` for path
         input).
-        """
-        images, dataset = self._predict_dataset(X)
-        att = self._forward_outputs(dataset, "attention_logits")[1]["attention_logits"]
-        size = self._image_size() if isinstance(images, list) else images.shape[1:]
-        if size is None:
-            size = att.shape[-2:]
-        att = torch.sigmoid(att)
-        att = torch.nn.functional.interpolate(att, size=tuple(size), mode="bilinear", align_corners=False)
-        return att[:, 0].clamp_(0.0, 1.0).numpy().astype(np.float32)
 
-    def transform(self, X):
+        Parameters
+        ----------
+        X : array-like (n, H, W) / (n, 1, H, W) / (n, H, W, 1), or sequence of paths
+        out : None, path ending in ``.npy``, or float32 array of shape (n, H, W)
+            Where the maps go, batch by batch (see :func:`dp_sklearn.utils.write_rows`):
+            a new array (None), a ``.npy`` file written as the batches come and returned as a
+            ``numpy.memmap`` (memory stays flat however many paths ``X`` holds), or an array to fill.
+
+        Examples
+        --------
+        >>> import os, tempfile
+        >>> import numpy as np
+        >>> from dp_sklearn.estimators import MaskAttentionClassifier
+        >>> X = np.random.RandomState(0).rand(8, 32, 32).astype(np.float32)
+        >>> clf = MaskAttentionClassifier(image_size=32, max_epochs=1, batch_size=4, verbose=0,
+        ...                               random_state=0).fit(X, [0, 1] * 4)
+        >>> maps = clf.attention_maps(X, out=os.path.join(tempfile.mkdtemp(), "maps.npy"))
+        >>> type(maps).__name__, maps.shape, bool(np.array_equal(maps, clf.attention_maps(X)))
+        ('memmap', (8, 32, 32), True)
+        """
+        images = self._predict_images(X)
+        size = self._image_size() if isinstance(images, list) else images.shape[1:]
+
+        def maps():  # a generator: runs only once ``out`` is checked
+            for _, aux in self._forward_batches(self._make_dataset(images), "attention_logits"):
+                att = torch.sigmoid(aux["attention_logits"])
+                att = torch.nn.functional.interpolate(att, size=tuple(size or att.shape[-2:]), mode="bilinear",
+                                                      align_corners=False)
+                yield att[:, 0].clamp_(0.0, 1.0).numpy()
+
+        return write_rows(maps(), (len(images), *(size or (None, None))), out)
+
+    def transform(self, X, out=None):
         """The features the classifier head sees: ``pool(F * A)`` ``(n, C)``, ``[avg_pool(F), pool(F * A)]``
-        ``(n, 2C)`` for ``pooling="attention+avg"``, uniform pooling ``(n, C)`` for ``"avg"``."""
-        feats = self._forward_outputs(self._predict_dataset(X)[1], "features")[1]["features"]
-        return feats.numpy().astype(np.float32)
+        ``(n, 2C)`` for ``pooling="attention+avg"``, uniform pooling ``(n, C)`` for ``"avg"``.
+
+        ``out``: None, a path ending in ``.npy`` or a float32 array of shape (n, ``module_.feature_dim``),
+        as in :meth:`attention_maps`.
+        """
+        images = self._predict_images(X)
+
+        def features():
+            for _, aux in self._forward_batches(self._make_dataset(images), "features"):
+                yield aux["features"].numpy()
+
+        return write_rows(features(), (len(images), self.module_.feature_dim), out)
