@@ -3,16 +3,15 @@
 Plumbing tests: tiny arrays and a few real PNG paths, one-epoch models.
 """
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 
 from dp_sklearn import DeepPneumoniaClassifier
+from dp_sklearn.data.io import bundled_dicom_dir
 from dp_sklearn.estimators import ContrastivePretrainer, MaskAttentionClassifier
 from dp_sklearn.utils import write_rows
 
-CXR1K = Path(__file__).resolve().parents[2] / "shared" / "data" / "cxr1k" / "images"
+CXR1K = bundled_dicom_dir().parent / "cxr1k" / "images"  # the package's bundled copy, present in every clone
 
 
 @pytest.fixture(scope="module")

@@ -489,15 +489,24 @@ WORKER = textwrap.dedent("""
     from dp_sklearn.estimators.class_balanced import ClassBalancedWeighting
     from dp_sklearn.tuning import tune
 
+    import pathlib, time
+
+    # Start together: a trial takes milliseconds, so a worker that imports faster could otherwise
+    # finish the whole study before the other one connects (seen on a loaded machine).
+    barrier = pathlib.Path(sys.argv[3])
+    (barrier / sys.argv[2]).touch()
+    deadline = time.monotonic() + 120
+    while len(list(barrier.iterdir())) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
     X, y = make_classification(n_samples=90, n_features=8, weights=[0.75], class_sep=1.5, random_state=0)
     tune(ClassBalancedWeighting(LogisticRegression()), X, y, n_trials_total=8, cv=2, storage=sys.argv[1],
          study_name="shared", random_state=int(sys.argv[2]), verbose=1, refit=False)
 """)
 
 
-def test_two_workers_share_one_postgresql_study(postgres_url):
+def test_two_workers_share_one_postgresql_study(postgres_url, tmp_path):
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
-    workers = [subprocess.Popen([sys.executable, "-c", WORKER, postgres_url, str(seed)], cwd=REPO, env=env,
+    workers = [subprocess.Popen([sys.executable, "-c", WORKER, postgres_url, str(seed), str(tmp_path)], cwd=REPO, env=env,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for seed in (1, 2)]
     outputs = [w.communicate(timeout=300) for w in workers]
     for w, (out, err) in zip(workers, outputs):
