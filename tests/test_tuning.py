@@ -498,8 +498,14 @@ WORKER = textwrap.dedent("""
     deadline = time.monotonic() + 120
     while len(list(barrier.iterdir())) < 2 and time.monotonic() < deadline:
         time.sleep(0.05)
+    class SlowLogisticRegression(LogisticRegression):
+        # 0.2 s per fit, so a trial outlasts the other worker's connection and study lookup
+        def fit(self, X, y, sample_weight=None):
+            time.sleep(0.2)
+            return super().fit(X, y, sample_weight=sample_weight)
+
     X, y = make_classification(n_samples=90, n_features=8, weights=[0.75], class_sep=1.5, random_state=0)
-    tune(ClassBalancedWeighting(LogisticRegression()), X, y, n_trials_total=8, cv=2, storage=sys.argv[1],
+    tune(ClassBalancedWeighting(SlowLogisticRegression()), X, y, n_trials_total=8, cv=2, storage=sys.argv[1],
          study_name="shared", random_state=int(sys.argv[2]), verbose=1, refit=False)
 """)
 
