@@ -327,12 +327,9 @@ class TorchClassifierBase(TorchEstimatorBase):
             raise NotFittedError(f"{type(self).__name__} is not fitted yet: it has no classes_.")
         return self.fitted_classes_
 
-    def _predict_images(self, X):
-        check_is_fitted(self, "fitted_classes_")
-        return check_images(X, min_samples=1)
-
     def _predict_dataset(self, X):
-        images = self._predict_images(X)
+        check_is_fitted(self, "fitted_classes_")
+        images = check_images(X, min_samples=1)
         return images, self._make_dataset(images)
 
     def predict(self, X):
@@ -473,14 +470,13 @@ class PretrainerBase(FastTrainingSwitchMixin, TorchEstimatorBase):
         ndarray of float32, shape (n, ``embedding_dim_``)
             ``out`` itself when it is an array, the opened file when it is a path.
         """
-        check_is_fitted(self, "module_")
-        images, _ = self._validate_data(X, fitting=False)
+        dataset = self._dataset(X)
 
         def embeddings():  # a generator: runs only once ``out`` is checked
-            for batch in self.forward_iter(XRayDataset(images, image_size=self.input_size_), training=False):
+            for batch in self.forward_iter(dataset, training=False):
                 yield batch.float().cpu().numpy()
 
-        return write_rows(embeddings(), (len(images), self.embedding_dim_), out)
+        return write_rows(embeddings(), (len(dataset), self.embedding_dim_), out)
 
     def get_feature_names_out(self, input_features=None):
         """Names of the embedding columns: ``embedding0``, ``embedding1``, ...

@@ -433,11 +433,11 @@ class MaskAttentionClassifier(TorchClassifierBase, NeuralNetClassifier):
         >>> type(maps).__name__, maps.shape, bool(np.array_equal(maps, clf.attention_maps(X)))
         ('memmap', (8, 32, 32), True)
         """
-        images = self._predict_images(X)
+        images, dataset = self._predict_dataset(X)
         size = self._image_size() if isinstance(images, list) else images.shape[1:]
 
         def maps():  # a generator: runs only once ``out`` is checked
-            for _, aux in self._forward_batches(self._make_dataset(images), "attention_logits"):
+            for _, aux in self._forward_batches(dataset, "attention_logits"):
                 att = torch.sigmoid(aux["attention_logits"])
                 att = torch.nn.functional.interpolate(att, size=tuple(size or att.shape[-2:]), mode="bilinear",
                                                       align_corners=False)
@@ -452,10 +452,10 @@ class MaskAttentionClassifier(TorchClassifierBase, NeuralNetClassifier):
         ``out``: None, a path ending in ``.npy`` or a float32 array of shape (n, ``module_.feature_dim``),
         as in :meth:`attention_maps`.
         """
-        images = self._predict_images(X)
+        images, dataset = self._predict_dataset(X)
 
         def features():
-            for _, aux in self._forward_batches(self._make_dataset(images), "features"):
+            for _, aux in self._forward_batches(dataset, "features"):
                 yield aux["features"].numpy()
 
         return write_rows(features(), (len(images), self.module_.feature_dim), out)
