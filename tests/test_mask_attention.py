@@ -413,7 +413,8 @@ def test_attention_grad_scale_scales_only_the_backbone_gradient_of_the_attention
         torch.nn.init.normal_(net.attention[2].weight)  # a non-uniform map, so the loss has a gradient
         logits, aux = net(torch.rand(2, 1, 32, 32))
         aux["attention_logits"].square().sum().backward()  # a loss on the attention branch only
-        backbone = torch.cat([p.grad.flatten() for p in net.backbone.parameters() if p.grad is not None])
+        backbone = torch.cat([(torch.zeros_like(p) if p.grad is None else p.grad).flatten()  # None: cut off
+                              for p in net.backbone.parameters()])
         return logits, backbone, net.attention[2].weight.grad.clone()
 
     logits_1, backbone_1, branch_1 = grads(1.0)

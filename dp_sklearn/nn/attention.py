@@ -102,6 +102,8 @@ def _scale_grad(x: torch.Tensor, scale: float) -> torch.Tensor:
     """``x`` in the forward pass; its gradient multiplied by ``scale`` in the backward pass."""
     if scale == 1.0:
         return x
+    if scale == 0.0:
+        return x.detach()
     return x * scale + x.detach() * (1.0 - scale)
 
 
