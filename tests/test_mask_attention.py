@@ -423,3 +423,17 @@ def test_attention_grad_scale_scales_only_the_backbone_gradient_of_the_attention
     torch.testing.assert_close(branch_s, branch_1)  # the branch itself learns at full strength
     torch.testing.assert_close(backbone_s, scale * backbone_1, rtol=1e-4, atol=1e-7)
     assert backbone_1.abs().sum() > 0
+
+
+def test_attention_grad_scale_auto_is_zero_from_a_pretrained_encoder_and_0_2_from_scratch(tiny_images):
+    X, y, masks = tiny_images
+    kw = dict(backbone="resnet10_half", image_size=32, max_epochs=1, batch_size=6, verbose=0, device="cpu",
+              random_state=0)
+    scratch = MaskAttentionClassifier(**kw).fit(X, y, masks=masks)
+    assert scratch.get_params()["attention_grad_scale"] == "auto"
+    assert scratch.module_.attention_grad_scale == 0.2
+    warm = MaskAttentionClassifier(**kw, encoder=scratch.module_.backbone).fit(X, y, masks=masks)
+    assert warm.module_.attention_grad_scale == 0.0
+    assert MaskAttentionClassifier(**kw, attention_grad_scale=0.5).fit(X, y, masks=masks).module_.attention_grad_scale == 0.5
+    unguided = MaskAttentionClassifier(**kw, attention_weight=0.0).fit(X, y, masks=masks)
+    assert unguided.module_.attention_grad_scale == 1.0  # no alignment: nothing to scale

@@ -105,15 +105,18 @@ class MaskAttentionClassifier(TorchClassifierBase, NeuralNetClassifier):
         predictions).
     mask_downsample : {"area", "max"}, default="area"
         Mask to feature grid: fraction of lesion pixels per cell, or any lesion pixel.
-    attention_grad_scale : float in [0, 1], default=0.0
+    attention_grad_scale : float in [0, 1] or "auto", default="auto"
         Factor on the gradient from the attention branch (alignment loss included) into the
-        backbone. At 0 the alignment trains the attention branch only and the backbone learns from
+        backbone. At 0 the alignment trains the attention branch only, and the backbone learns from
         the classification through the (mask-multiplied) pooling and from the contrastive regulation;
         above 0 the alignment also reshapes the backbone's features. Applies only with mask guidance
-        (``attention_weight > 0``; otherwise the gradient is not scaled). On the 5 folds of a
-        choosing split of cxr1k, 0 instead of 0.2 gained 0.9 macro-AUC and 1.4 points of balanced
-        accuracy, for a lesion-focus lift of 3.6x instead of about 4x (docs/method.md, fourth round);
-        1 instead of 0.2 had cost 1.8-1.9 AUC points on two folds of an earlier recipe.
+        (``attention_weight > 0``; otherwise the gradient is not scaled). ``"auto"``: 0 when the
+        backbone starts from a pre-trained ``encoder`` (as inside :class:`DeepPneumoniaClassifier`),
+        0.2 when it trains from scratch. On cxr1k, after contrastive pre-training, 0 instead of 0.2
+        gained 0.9 macro-AUC and 1.4 points of balanced accuracy (5 folds of a choosing split) for a
+        lesion-focus lift of 3.6x instead of about 4x; from scratch it lost localisation (lift
+        2.6x instead of 3.4x) for no AUC gain (docs/method.md, fourth round). 1 instead of 0.2 had
+        cost 1.8-1.9 AUC points on two folds of an earlier recipe.
     projection_dim : int, default=128
         Output size of the projection head of the contrastive regulation.
     dropout : float in [0, 1), default=0.0
@@ -202,7 +205,7 @@ class MaskAttentionClassifier(TorchClassifierBase, NeuralNetClassifier):
         "alignment_loss": [StrOptions({"dice", "bce", "bce+dice"}), nn.Module],
         "pooling": [StrOptions({"attention", "avg", "attention+avg"})],
         "mask_downsample": [StrOptions({"area", "max"})],
-        "attention_grad_scale": [Interval(Real, 0, 1, closed="both")],
+        "attention_grad_scale": [Interval(Real, 0, 1, closed="both"), StrOptions({"auto"})],
         "projection_dim": [Interval(Integral, 1, None, closed="left")],
         "dropout": [Interval(Real, 0, 1, closed="left")],
         "lr_schedule": [StrOptions({"warmup_cosine", "cosine", "constant"})],
@@ -236,7 +239,7 @@ class MaskAttentionClassifier(TorchClassifierBase, NeuralNetClassifier):
         alignment_loss="dice",
         pooling="attention+avg",
         mask_downsample="area",
-        attention_grad_scale=0.0,
+        attention_grad_scale="auto",
         projection_dim=128,
         dropout=0.0,
         max_epochs=30,
@@ -294,6 +297,14 @@ class MaskAttentionClassifier(TorchClassifierBase, NeuralNetClassifier):
     def _mask_terms_on(self):
         return self.attention_weight > 0 or self.contrastive_weight > 0
 
+    def _attention_grad_scale(self):
+        """The resolved ``attention_grad_scale``: ``"auto"`` is 0 from a pre-trained encoder, else 0.2."""
+        if self.attention_grad_scale != "auto":
+            return float(self.attention_grad_scale)
+        # A pre-trained backbone keeps its features (the alignment bending them cost macro-AUC);
+        # from scratch, the alignment is what teaches the backbone lesion features.
+        return 0.0 if self.encoder is not None else 0.2
+
     def initialize_module(self):
         n_classes = getattr(self, "n_classes_", None)
         if n_classes is None:
@@ -303,7 +314,7 @@ class MaskAttentionClassifier(TorchClassifierBase, NeuralNetClassifier):
             pooling=self.pooling,
             mask_downsample=self.mask_downsample,
             # Like hard attention, the gradient scale belongs to mask guidance: off with it.
-            attention_grad_scale=self.attention_grad_scale if self.attention_weight > 0 else 1.0,
+            attention_grad_scale=self._attention_grad_scale() if self.attention_weight > 0 else 1.0,
             dropout=self.dropout,
             projection_dim=self.projection_dim if self.contrastive_weight > 0 else None,
         )
