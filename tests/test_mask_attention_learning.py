@@ -12,7 +12,7 @@ Patient-grouped folds (StratifiedGroupKFold over patient ids); on each held-out 
 Settings: 64 px images, the tiny ``resnet10_half`` with a stride-1 stem (an 8x8 feature grid, so
 that a lesion covering ~10 % of the image spans several cells), ``EPOCHS`` epochs, ``N_FOLDS``
 of 5 folds, the classifier's defaults otherwise. Runs on CUDA when present (``device="auto"``),
-otherwise on CPU, where it takes about 30 minutes on 2 cores. The full 5-fold numbers come from
+otherwise on CPU, where it took 7 minutes on 2 cores (2026-11-30). The full 5-fold numbers come from
 ``benchmarks/mask_attention_eval.py``.
 """
 
@@ -57,10 +57,11 @@ def fold_results(cxr64):
     return results
 
 
-# Measured on this 2-core CPU (the test's settings, folds 0-1, 2026-11-27): full-model focus
-# 0.333 / 0.301 for mask area 0.093 / 0.101 (lift 3.57 / 2.97), unguided focus 0.095 / 0.099;
-# macro-AUC full 0.856 / 0.815 vs plain 0.846 / 0.832 (mean full - plain: -0.3 points). Over all
-# 5 folds (benchmarks/mask_attention_eval.py, numbers in docs/method.md): lift 3.14, -0.95 points.
+# Measured on this 2-core CPU (the test's settings, folds 0-1, 2026-11-30, 6.8 min, attention_grad_scale
+# "auto" = 0.2 without an encoder): full-model focus 0.347 / 0.309 for mask area 0.093 / 0.101 (lift
+# 3.72 / 3.05), unguided focus 0.092 / 0.084; macro-AUC full 0.870 / 0.825 vs plain 0.862 / 0.832 (mean
+# full - plain: +0.0 points). With scale 0 the lift fell to 2.81 / 2.42 (docs/method.md, fourth round).
+# Over all 5 folds on 2026-11-27 (benchmarks/mask_attention_eval.py, docs/method.md): lift 3.14, -0.95 points.
 
 
 def test_attention_focus_three_times_area(fold_results):
