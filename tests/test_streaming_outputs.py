@@ -131,3 +131,16 @@ def test_other_transformers_bad_out_raises_before_any_work(other_transformers, n
         est.transform(X, out=np.zeros((8, width + 1), np.float32))
     with pytest.raises(ValueError, match=rf"shape \(8, {width}\) \(dtype float32\)"):
         est.transform(X, out=np.zeros((7, width), np.float32))
+
+
+def test_write_rows_sizes_known_from_the_first_batch(tmp_path):
+    blocks = [np.ones((2, 3), np.float32), np.zeros((0, 3), np.float32), 2 * np.ones((1, 3), np.float32)]
+    np.testing.assert_array_equal(write_rows(iter(blocks), (3, None), out=tmp_path / "rows.npy"),
+                                  write_rows(iter(blocks), (3, None)))
+    out = np.full((3, 4), -1, np.float32)
+    with pytest.raises(ValueError, match=r"out must have shape \(3, 3\)"):
+        write_rows(iter(blocks), (3, None), out=out)
+    assert (out == -1).all()  # checked against the first batch's size before anything is written
+    with pytest.raises(ValueError, match=r"a batch of shape \(1, 4\) does not fit"):
+        write_rows(iter([np.ones((2, 3)), np.ones((1, 4))]), (3, None), out=tmp_path / "bad.npy")
+    assert not (tmp_path / "bad.npy").exists()
