@@ -8,7 +8,8 @@ import pytest
 
 from dp_sklearn import DeepPneumoniaClassifier
 from dp_sklearn.data.io import bundled_dicom_dir
-from dp_sklearn.estimators import ContrastivePretrainer, MaskAttentionClassifier
+from dp_sklearn.estimators import (ContrastivePretrainer, LocalDiscriminationPretrainer, MaskAttentionClassifier,
+                                   MultiLabelMetricClassifier, RadiomicsContrastiveClassifier)
 from dp_sklearn.utils import write_rows
 
 CXR1K = bundled_dicom_dir().parent / "cxr1k" / "images"  # the package's bundled copy, present in every clone
@@ -82,3 +83,64 @@ def test_write_rows_leaves_no_file_when_the_batches_fail(tmp_path):
     with pytest.raises(ValueError, match="gave 2 rows, the output has 4"):
         write_rows(iter([np.zeros((2, 3), np.float32)]), (4, 3), out=tmp_path / "rows.npy")
     assert not list(tmp_path.iterdir())
+
+
+@pytest.fixture(scope="module")
+def other_transformers():
+    """The other transformers with ``out=`` on ``transform``, fitted for one epoch on tiny arrays."""
+    X = np.random.RandomState(2).rand(8, 32, 32).astype(np.float32)
+    ld = LocalDiscriminationPretrainer(image_size=32, patch_grid=4, batch_size=4, max_epochs=1, stage1_epochs=1,
+                                       device="cpu", verbose=0, random_state=0).fit(X)
+    rc = RadiomicsContrastiveClassifier("resnet10_half", image_size=32, max_epochs=1, batch_size=4, augment=False,
+                                        device="cpu", verbose=0, random_state=0).fit(X, [0, 1] * 4)
+    Y = np.array([[1, 0], [0, 1], [1, 1], [0, 0]] * 2)
+    ml = MultiLabelMetricClassifier("resnet10_half", image_size=32, max_epochs=1, batch_size=4, augment=False,
+                                    device="cpu", verbose=0, random_state=0).fit(X, Y)
+    ml_linear = MultiLabelMetricClassifier("resnet10_half", image_size=32, head="linear", loss="bce", max_epochs=1,
+                                           batch_size=4, augment=False, device="cpu", verbose=0,
+                                           random_state=0).fit(X, Y)
+    return X, {"ld": ld, "radiomics": rc, "multilabel": ml, "multilabel_linear": ml_linear}
+
+
+@pytest.mark.parametrize("name", ["ld", "radiomics", "multilabel", "multilabel_linear"])
+def test_other_transformers_out_equals_in_memory_result(other_transformers, name, tmp_path):
+    X, estimators = other_transformers
+    est = estimators[name]
+    expected = est.transform(X)
+    got = est.transform(X, out=tmp_path / "features.npy")
+    assert isinstance(got, np.memmap) and got.dtype == np.float32
+    np.testing.assert_array_equal(got, expected)
+    out = np.zeros(expected.shape, np.float32)
+    assert est.transform(X, out=out) is out
+    np.testing.assert_array_equal(out, expected)
+
+
+@pytest.mark.parametrize("name", ["ld", "radiomics", "multilabel", "multilabel_linear"])
+def test_other_transformers_bad_out_raises_before_any_work(other_transformers, name, monkeypatch):
+    X, estimators = other_transformers
+    est = estimators[name]
+    width = est.transform(X[:1]).shape[1]
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("the model ran before out was checked")
+
+    monkeypatch.setattr(est, "forward_iter", no_work)
+    with pytest.raises(AssertionError, match="the model ran"):  # the patch is on transform's path
+        est.transform(X)
+    with pytest.raises(ValueError, match=rf"shape \(8, {width}\) \(dtype float32\)"):
+        est.transform(X, out=np.zeros((8, width + 1), np.float32))
+    with pytest.raises(ValueError, match=rf"shape \(8, {width}\) \(dtype float32\)"):
+        est.transform(X, out=np.zeros((7, width), np.float32))
+
+
+def test_write_rows_sizes_known_from_the_first_batch(tmp_path):
+    blocks = [np.ones((2, 3), np.float32), np.zeros((0, 3), np.float32), 2 * np.ones((1, 3), np.float32)]
+    np.testing.assert_array_equal(write_rows(iter(blocks), (3, None), out=tmp_path / "rows.npy"),
+                                  write_rows(iter(blocks), (3, None)))
+    out = np.full((3, 4), -1, np.float32)
+    with pytest.raises(ValueError, match=r"out must have shape \(3, 3\)"):
+        write_rows(iter(blocks), (3, None), out=out)
+    assert (out == -1).all()  # checked against the first batch's size before anything is written
+    with pytest.raises(ValueError, match=r"a batch of shape \(1, 4\) does not fit"):
+        write_rows(iter([np.ones((2, 3)), np.ones((1, 4))]), (3, None), out=tmp_path / "bad.npy")
+    assert not (tmp_path / "bad.npy").exists()

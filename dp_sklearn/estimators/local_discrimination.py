@@ -35,6 +35,7 @@ from ..data.augment import build_augment
 from ..losses.local_discrimination import LocalDiscriminationLoss
 from ..nn.backbones import BACKBONES, DEPRECATED_BACKBONES
 from ..nn.local_discrimination import LocalDiscriminationNet, dihedral
+from ..utils.outputs import write_rows
 from ._torch import _as_size
 from .base import PretrainerBase, fill_doc
 from ..metrics import cluster_dice  # noqa: F401  (its old home; re-exported)
@@ -306,28 +307,37 @@ class LocalDiscriminationPretrainer(PretrainerBase, TransformerMixin, skorch.Neu
                              "image_size=None keeps the images' size.")
 
     # ------------------------------------------------------------------ outputs
-    def _run(self, X, output):
-        dataset = self._dataset(X)
+    def _run(self, dataset, output):
         vars(self)["_output"] = output
         try:
             yield from self.forward_iter(dataset, training=False)
         finally:
             vars(self).pop("_output", None)
 
-    def transform(self, X):
+    def transform(self, X, out=None):
         """Pooled features: the encoder's pooled last map, or the mean pixel embedding.
 
         Parameters
         ----------
         X : array-like of shape (n, H, W), (n, 1, H, W) or (n, H, W, 1), or sequence of paths
             Resized to ``input_size_``.
+        out : None, path ending in ``.npy``, or float32 array of shape (n, ``embedding_dim_``)
+            Where the features go, batch by batch (see :func:`dp_sklearn.utils.write_rows`):
+            a new array (None), a ``.npy`` file written as the batches come and returned as a
+            ``numpy.memmap`` (memory stays flat however many paths ``X`` holds), or an array to fill.
 
         Returns
         -------
         ndarray of float32, shape (n, ``embedding_dim_``)
+            ``out`` itself when it is an array, the opened file when it is a path.
         """
-        chunks = [out.float().cpu() for out in self._run(X, self.transform_output)]
-        return torch.cat(chunks).numpy().astype(np.float32, copy=False)
+        dataset = self._dataset(X)
+
+        def features():  # a generator: runs only once ``out`` is checked
+            for batch in self._run(dataset, self.transform_output):
+                yield batch.float().cpu().numpy()
+
+        return write_rows(features(), (len(dataset), self.embedding_dim_), out)
 
     def transform_dense(self, X):
         """Pixel embeddings and soft region assignments at ``input_size_``.
@@ -343,9 +353,14 @@ class LocalDiscriminationPretrainer(PretrainerBase, TransformerMixin, skorch.Neu
             Unit norm along axis 1.
         assignments : ndarray of float32, shape (n, n_clusters, H, W)
             Non-negative, summing to 1 along axis 1 (the soft segmentation).
+
+        Notes
+        -----
+        Both arrays are built in memory, ``(embedding_dim + n_clusters) * H * W * 4`` bytes an image
+        (9.6 MB at the defaults and 224 px); for many images, call it on slices of ``X``.
         """
         es, as_ = [], []
-        for e, a in self._run(X, "dense"):
+        for e, a in self._run(self._dataset(X), "dense"):
             es.append(e.float().cpu())
             as_.append(a.float().cpu())
         return torch.cat(es).numpy(), torch.cat(as_).numpy()
@@ -357,7 +372,7 @@ class LocalDiscriminationPretrainer(PretrainerBase, TransformerMixin, skorch.Neu
         -------
         ndarray of int64, shape (n, H, W) at ``input_size_``
         """
-        maps = [a.argmax(1).cpu() for _, a in self._run(X, "dense")]
+        maps = [a.argmax(1).cpu() for _, a in self._run(self._dataset(X), "dense")]
         return torch.cat(maps).numpy().astype(np.int64)
 
     # ------------------------------------------------------------------ skorch hooks

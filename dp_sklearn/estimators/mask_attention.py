@@ -410,15 +410,22 @@ class MaskAttentionClassifier(TorchClassifierBase, NeuralNetClassifier):
         With ``tta > 0``, the mean of these over the image and its test-time views.
         """
         dataset = self._predict_dataset(X)[1]
-        proba, views = 0.0, 1 + int(self.tta)
-        for k in range(views):  # one pass per view, with the batches of a plain pass
-            self._view_now = k
-            try:
-                logits, _ = self._forward_outputs(dataset)
-            finally:
-                del self._view_now
-            proba = proba + self._probabilities(logits).double()
-        return (proba / views).numpy().astype(np.float32)
+        views, chunks = 1 + int(self.tta), []
+        with self._resolved_device():
+            # One read of each batch; every view is its own forward over the plain batch (views
+            # stacked into one batch change the numbers with the batch's make-up), averaged in float64.
+            for batch in self.get_iterator(dataset, training=False):
+                proba = 0.0
+                for k in range(views):
+                    self._view_now = k
+                    try:
+                        yp = self.evaluation_step(batch, training=False)
+                    finally:
+                        del self._view_now
+                    logits = yp[0] if isinstance(yp, tuple) else yp
+                    proba = proba + self._probabilities(logits.float().cpu()).double()
+                chunks.append(proba)
+        return (torch.cat(chunks) / views).numpy().astype(np.float32)
 
     def attention_maps(self, X, out=None):
         """Where the model looks: float32 ``(n, H, W)`` in [0, 1] at the input resolution.

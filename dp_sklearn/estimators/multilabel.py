@@ -31,6 +31,7 @@ from ..losses.metric import DualWeightedMetricLoss
 from ..losses.multilabel import MultiLabelLoss
 from ..nn.label_embeddings import MetricHead, resolve_semantic_vectors
 from ..nn.multilabel import MultiLabelMetricNet
+from ..utils.outputs import write_rows
 from .base import TorchClassifierBase, TorchEstimatorBase, fill_doc
 
 # MultiLabelLoss and MultiLabelMetricNet lived here before; re-exported from their old path.
@@ -410,9 +411,23 @@ class MultiLabelMetricClassifier(TorchClassifierBase, ClassifierMixin, NeuralNet
         thr = np.asarray(self.threshold, dtype=np.float64)
         return (self.predict_proba(X) >= thr).astype(np.int64)
 
-    def transform(self, X):
-        """Image embeddings: unit vectors in the metric space (pooled features for ``head="linear"``)."""
-        return self._outputs(X, "embedding")[1].numpy().astype(np.float32)
+    def transform(self, X, out=None):
+        """Image embeddings: unit vectors in the metric space (pooled features for ``head="linear"``).
+
+        ``out``: None, a path ending in ``.npy`` or a float32 array of shape (n, ``embed_dims[-1]``)
+        (for ``head="linear"``: (n, the backbone's ``out_channels``)), where the embeddings go batch
+        by batch (see :func:`dp_sklearn.utils.write_rows`; a ``.npy`` path comes back as a
+        ``numpy.memmap``, and memory stays flat however many paths ``X`` holds).
+        """
+        images, dataset = self._predict_dataset(X)
+        head = self.module_.head
+        width = head.visual[-1].out_features if isinstance(head, MetricHead) else head.in_features
+
+        def embeddings():  # a generator: runs only once ``out`` is checked
+            for _, aux in self._forward_batches(dataset, "embedding"):
+                yield aux["embedding"].numpy()
+
+        return write_rows(embeddings(), (len(images), width), out)
 
     def prototypes(self):
         """The label prototypes in the metric space, float32 ``(L, embed_dims[-1])``."""

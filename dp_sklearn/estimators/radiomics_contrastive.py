@@ -30,6 +30,7 @@ from ..losses.radiomics import RadiomicsContrastiveLoss
 from ..nn.optim import init_last_layer_bias
 from ..nn.radiomics import RadiomicsContrastiveNet
 from ..radiomics import FEATURE_NAMES, apply_minmax, fit_minmax, radiomic_features
+from ..utils.outputs import write_rows
 from .base import TorchClassifierBase, TorchEstimatorBase, fill_doc
 
 # RadiomicsContrastiveNet and RadiomicsContrastiveLoss lived here before; re-exported from their old path.
@@ -356,9 +357,21 @@ class RadiomicsContrastiveClassifier(TorchClassifierBase, NeuralNetClassifier):
         scores = torch.sigmoid(self._forward_outputs(self._predict_dataset(X)[1])[0])
         return (scores / scores.sum(1, keepdim=True).clamp_min(1e-12)).numpy().astype(np.float32)
 
-    def transform(self, X):
-        """Image representations ``h`` (average-pooled backbone features), ``(n, C)``."""
-        return self._forward_outputs(self._predict_dataset(X)[1], "features")[1]["features"].numpy().astype(np.float32)
+    def transform(self, X, out=None):
+        """Image representations ``h`` (average-pooled backbone features), ``(n, C)``.
+
+        ``out``: None, a path ending in ``.npy`` or a float32 array of shape (n, ``module_.out_channels``),
+        where the representations go batch by batch (see :func:`dp_sklearn.utils.write_rows`; a
+        ``.npy`` path comes back as a ``numpy.memmap``, and memory stays flat however many paths
+        ``X`` holds).
+        """
+        images, dataset = self._predict_dataset(X)
+
+        def features():  # a generator: runs only once ``out`` is checked
+            for _, aux in self._forward_batches(dataset, "features"):
+                yield aux["features"].numpy()
+
+        return write_rows(features(), (len(images), self.module_.out_channels), out)
 
     def gradcam(self, X, target=None):
         """Grad-CAM heat maps ``(n, H, W)`` in [0, 1] of array images ``X``, at ``X``'s size.

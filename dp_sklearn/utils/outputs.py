@@ -67,36 +67,50 @@ def write_rows(blocks, shape, out=None, dtype=np.float32):
     memmap([0., 0., 1., 1.], dtype=float32)
     """
     dest = check_out(out, shape, dtype)
-    n = shape[0]
     if dest is None:
         return np.concatenate([np.asarray(block, dtype=dtype) for block in blocks])
-    written, full = 0, tuple(shape)
-
-    def fill(f=None):
-        nonlocal written, full
-        for block in blocks:
-            block = np.ascontiguousarray(block, dtype=dtype)
-            if written == 0:  # sizes known only now; an array out is checked again with them
-                full = (n, *(b if s is None else s for s, b in zip(shape[1:], block.shape[1:])))
-                if f is None:
-                    check_out(dest, full, dtype)
-                else:  # a new .npy file: its header, then the rows as they come
-                    np.lib.format.write_array_header_1_0(f, {
-                        "descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False,
-                        "shape": full})
-            if block.shape[1:] != full[1:] or written + len(block) > n:
-                raise ValueError(f"a batch of shape {block.shape} does not fit rows {written}.. of an output "
-                                 f"of shape {full}.")
-            if f is None:
-                dest[written:written + len(block)] = block
-            else:
-                f.write(block.tobytes())
-            written += len(block)
-        if written != n:
-            raise ValueError(f"the batches gave {written} rows, the output has {n}.")
-
     if isinstance(dest, str):
-        atomic_write(dest, fill)
+        atomic_write(dest, lambda f: _write_npy(f, blocks, shape, dtype))
         return np.lib.format.open_memmap(dest, mode="r+")
-    fill()
+    _fill_array(dest, blocks, shape, dtype)
     return dest
+
+
+def _checked_blocks(blocks, shape, dtype):
+    """``(start, block, full)`` for each non-empty block: the row it starts at, the block as a contiguous
+    ``dtype`` array, and the output's shape with its ``None`` sizes taken from the first block.
+
+    Raises ``ValueError`` when a block does not fit, or when the blocks do not give ``shape[0]`` rows.
+    """
+    n, written, full = shape[0], 0, None
+    for block in blocks:
+        block = np.ascontiguousarray(block, dtype=dtype)
+        if not len(block):
+            continue
+        if full is None:
+            full = (n, *(b if s is None else s for s, b in zip(shape[1:], block.shape[1:])))
+        if block.shape[1:] != full[1:] or written + len(block) > n:
+            raise ValueError(f"a batch of shape {block.shape} does not fit rows {written}.. of an output "
+                             f"of shape {full}.")
+        yield written, block, full
+        written += len(block)
+    if written != n:
+        raise ValueError(f"the batches gave {written} rows, the output has {n}.")
+
+
+def _fill_array(dest, blocks, shape, dtype):
+    """Write the blocks into the array ``dest``, checked again once the first block gives every size."""
+    for start, block, full in _checked_blocks(blocks, shape, dtype):
+        if start == 0:
+            check_out(dest, full, dtype)
+        dest[start:start + len(block)] = block
+
+
+def _write_npy(f, blocks, shape, dtype):
+    """Write a ``.npy`` file to the open file ``f``: its header once the first block gives every size,
+    then the rows as they come."""
+    for start, block, full in _checked_blocks(blocks, shape, dtype):
+        if start == 0:
+            np.lib.format.write_array_header_1_0(f, {
+                "descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False, "shape": full})
+        f.write(block.tobytes())
