@@ -19,7 +19,10 @@ import sys
 import time
 from pathlib import Path
 
-CXR1K = Path(__file__).resolve().parents[2] / "shared" / "data" / "cxr1k" / "images"
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a clone without installing
+from dp_sklearn.datasets import CXR1K_DIR  # noqa: E402
+
+CXR1K = CXR1K_DIR / "images"  # the bundled copy
 
 
 def peak_mb(who=resource.RUSAGE_SELF):
