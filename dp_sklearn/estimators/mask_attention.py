@@ -113,10 +113,10 @@ class MaskAttentionClassifier(TorchClassifierBase, NeuralNetClassifier):
         (``attention_weight > 0``; otherwise the gradient is not scaled). ``"auto"``: 0 when the
         backbone starts from a pre-trained ``encoder`` (as inside :class:`DeepPneumoniaClassifier`),
         0.2 when it trains from scratch. On cxr1k, after contrastive pre-training, 0 instead of 0.2
-        gained 0.9 macro-AUC and 1.4 points of balanced accuracy (5 folds of a choosing split) for a
-        lesion-focus lift of 3.6x instead of about 4x; from scratch it lost localisation (lift
-        2.6x instead of 3.4x) for no AUC gain (docs/method.md, fourth round). 1 instead of 0.2 had
-        cost 1.8-1.9 AUC points on two folds of an earlier recipe.
+        gained 0.46 +- 0.35 macro-AUC (5 folds of a choosing split x 2 classifier seeds; balanced
+        accuracy +0.3 +- 0.8) for a lesion-focus lift of 3.6x instead of 3.9x; from scratch it lost
+        localisation (lift 2.6x instead of 3.4x) for no AUC gain (docs/method.md, fourth round).
+        1 instead of 0.2 had cost 1.8-1.9 AUC points on two folds of an earlier recipe.
     projection_dim : int, default=128
         Output size of the projection head of the contrastive regulation.
     dropout : float in [0, 1), default=0.0
