@@ -226,6 +226,12 @@ class TorchEstimatorBase(TorchEstimatorMixin):
             out, aux = yp if isinstance(yp, tuple) else (yp, {})
             yield out.float().cpu(), {key: aux[key].float().cpu() for key in keys}
 
+    def _write_aux(self, dataset, key, width, out):
+        """``aux[key]`` of every batch, ``(len(dataset), width)``, written batch by batch into ``out``
+        (see :func:`~dp_sklearn.utils.write_rows`; the generator runs the model only once ``out`` is checked)."""
+        blocks = (aux[key].numpy() for _, aux in self._forward_batches(dataset, key))
+        return write_rows(blocks, (len(dataset), width), out)
+
     def _forward_outputs(self, dataset, *keys):
         """:meth:`_forward_batches` concatenated: ``(outputs, {key: aux[key]})``."""
         outs, extras = zip(*self._forward_batches(dataset, *keys))

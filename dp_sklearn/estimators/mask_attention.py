@@ -473,10 +473,4 @@ class MaskAttentionClassifier(TorchClassifierBase, NeuralNetClassifier):
         ``out``: None, a path ending in ``.npy`` or a float32 array of shape (n, ``module_.feature_dim``),
         as in :meth:`attention_maps`.
         """
-        images, dataset = self._predict_dataset(X)
-
-        def features():
-            for _, aux in self._forward_batches(dataset, "features"):
-                yield aux["features"].numpy()
-
-        return write_rows(features(), (len(images), self.module_.feature_dim), out)
+        return self._write_aux(self._predict_dataset(X)[1], "features", self.module_.feature_dim, out)

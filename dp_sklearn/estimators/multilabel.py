@@ -31,7 +31,6 @@ from ..losses.metric import DualWeightedMetricLoss
 from ..losses.multilabel import MultiLabelLoss
 from ..nn.label_embeddings import MetricHead, resolve_semantic_vectors
 from ..nn.multilabel import MultiLabelMetricNet
-from ..utils.outputs import write_rows
 from .base import TorchClassifierBase, TorchEstimatorBase, fill_doc
 
 # MultiLabelLoss and MultiLabelMetricNet lived here before; re-exported from their old path.
@@ -419,15 +418,9 @@ class MultiLabelMetricClassifier(TorchClassifierBase, ClassifierMixin, NeuralNet
         by batch (see :func:`dp_sklearn.utils.write_rows`; a ``.npy`` path comes back as a
         ``numpy.memmap``, and memory stays flat however many paths ``X`` holds).
         """
-        images, dataset = self._predict_dataset(X)
         head = self.module_.head
         width = head.visual[-1].out_features if isinstance(head, MetricHead) else head.in_features
-
-        def embeddings():  # a generator: runs only once ``out`` is checked
-            for _, aux in self._forward_batches(dataset, "embedding"):
-                yield aux["embedding"].numpy()
-
-        return write_rows(embeddings(), (len(images), width), out)
+        return self._write_aux(self._predict_dataset(X)[1], "embedding", width, out)
 
     def prototypes(self):
         """The label prototypes in the metric space, float32 ``(L, embed_dims[-1])``."""

@@ -30,7 +30,6 @@ from ..losses.radiomics import RadiomicsContrastiveLoss
 from ..nn.optim import init_last_layer_bias
 from ..nn.radiomics import RadiomicsContrastiveNet
 from ..radiomics import FEATURE_NAMES, apply_minmax, fit_minmax, radiomic_features
-from ..utils.outputs import write_rows
 from .base import TorchClassifierBase, TorchEstimatorBase, fill_doc
 
 # RadiomicsContrastiveNet and RadiomicsContrastiveLoss lived here before; re-exported from their old path.
@@ -365,13 +364,7 @@ class RadiomicsContrastiveClassifier(TorchClassifierBase, NeuralNetClassifier):
         ``.npy`` path comes back as a ``numpy.memmap``, and memory stays flat however many paths
         ``X`` holds).
         """
-        images, dataset = self._predict_dataset(X)
-
-        def features():  # a generator: runs only once ``out`` is checked
-            for _, aux in self._forward_batches(dataset, "features"):
-                yield aux["features"].numpy()
-
-        return write_rows(features(), (len(images), self.module_.out_channels), out)
+        return self._write_aux(self._predict_dataset(X)[1], "features", self.module_.out_channels, out)
 
     def gradcam(self, X, target=None):
         """Grad-CAM heat maps ``(n, H, W)`` in [0, 1] of array images ``X``, at ``X``'s size.
