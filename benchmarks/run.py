@@ -16,7 +16,7 @@ Protocol
 * Speed: training / prediction images per second of each estimator next to a hand-written PyTorch
   loop of the same model, DICOM read speed next to plain pydicom, peak memory, the machine.
 
-Run ``python benchmarks/run.py`` (quick profile, ~10 min on 2 CPU cores) or
+Run ``python benchmarks/run.py`` (quick profile, about 14 min on 2 CPU cores) or
 ``python benchmarks/run.py --profile full`` (paper-scale, for a GPU). Outputs go to
 ``--out`` (default ``benchmarks/results/``): results.json, results.md and PNG figures.
 """
