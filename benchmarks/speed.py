@@ -123,19 +123,18 @@ def _handwritten_predict(module, X, p, device, amp_dtype, tta):
     _sync(device)
     t0 = time.perf_counter()
     with torch.inference_mode():
-        proba = 0.0
-        # One pass over X per view; predict_proba reads each batch once and runs every view on it.
-        # Both run the same forwards on the same batches, so the images/s compare like for like.
-        for k in range(1 + tta):
-            out = []
-            for start in range(0, len(X), p["batch_size"]):
-                x = Xt[start:start + p["batch_size"]].to(device)
-                x = x.contiguous(memory_format=torch.channels_last)
+        out = []
+        # As predict_proba: each batch is read once and every view of it runs before the next batch.
+        for start in range(0, len(X), p["batch_size"]):
+            x = Xt[start:start + p["batch_size"]].to(device)
+            x = x.contiguous(memory_format=torch.channels_last)
+            proba = 0.0
+            for k in range(1 + tta):
                 with autocast(device, amp_dtype):
                     logits, _ = module(x=tta_view(x, k))
-                out.append(torch.softmax(logits.float(), dim=1).cpu())
-            proba = proba + torch.cat(out).double()
-        (proba / (1 + tta)).float()
+                proba = proba + torch.softmax(logits.float(), dim=1).cpu().double()
+            out.append((proba / (1 + tta)).float())
+        torch.cat(out)
     _sync(device)
     return len(X) / (time.perf_counter() - t0)
 

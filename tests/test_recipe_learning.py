@@ -37,7 +37,7 @@ def test_defaults_beat_logistic_regression_on_auc(cxr64):
     auc, bacc = _scores(y[test], clf.predict_proba(X[test]))
     print(f"MaskAttentionClassifier() AUC {auc:.4f} bal-acc {bacc:.4f}; logistic regression {lr_auc:.4f} {lr_bacc:.4f}")
     # Measured on 2 CPU cores (AMD EPYC with AVX512-BF16, so bfloat16 autocast; vgg_compact 24-192;
-    # deterministic on one device). 2026-11-30, 30 epochs, defaults (no encoder, so attention_grad_scale
+    # deterministic on one device at a fixed thread count: 1 and 2 threads give different models). 2026-11-30, 30 epochs, defaults (no encoder, so attention_grad_scale
     # "auto" = 0.2): AUC 0.9267 vs 0.8814, balanced accuracy 0.780 vs 0.740 (with scale 0: 0.9209 and 0.783).
     # Earlier, at 20 epochs: 0.8993 and 0.740, a tie on balanced accuracy. With tta=8 (the default since
     # the fifth round of docs/method.md): 0.9253 and 0.783; the 0.9267 / 0.780 above were with 4 views.
