@@ -227,6 +227,37 @@ def row_maps(est, map_kind, images):
     return estimator_gradcam(net, images)
 
 
+# The RSNA challenge's radiologists read many of cxr1k's NIH images independently of the NIH labels.
+READS = {"opacity": ("Lung Opacity",), "no opacity": ("No Lung Opacity / Not Normal", "Normal"),
+         "not read": ("",)}
+
+
+def pneumonia_by_read(oof, tested, y, rsna_class, target_names):
+    """Pneumonia-vs-normal AUC of each row on the held-out images, with the pneumonia images split by
+    the RSNA radiologists' read of them: a lung opacity (the lesion the masks outline), no opacity
+    (RSNA "Normal" or "No Lung Opacity / Not Normal": the NIH label rests on something else), or not
+    read. Every subset is ranked against all held-out normal images, by the row's pneumonia probability.
+    """
+    from sklearn.metrics import roc_auc_score
+
+    if rsna_class is None or not {"pneumonia", "normal"} <= set(target_names):
+        return []
+    pneu, normal = list(target_names).index("pneumonia"), list(target_names).index("normal")
+    negatives = tested[y[tested] == normal]
+    subsets = {read: tested[(y[tested] == pneu) & np.isin(rsna_class[tested], values)] for read, values in READS.items()}
+    subsets["all"] = tested[y[tested] == pneu]
+    rows = []
+    for name, proba in oof.items():
+        row = {"model": name, "normals": len(negatives)}
+        for read, positives in subsets.items():
+            if len(positives) and len(negatives):
+                truth = np.r_[np.ones(len(positives)), np.zeros(len(negatives))]
+                auc = roc_auc_score(truth, proba[np.r_[positives, negatives], pneu])
+                row[read] = {"images": len(positives), "auc": float(auc)}
+        rows.append(row)
+    return rows
+
+
 # ----------------------------------------------------------------------------- quality
 def run_quality(data, p, device, seed, out: Path, only=None):
     X, y, groups = data.images, data.target, data.groups
@@ -280,7 +311,9 @@ def run_quality(data, p, device, seed, out: Path, only=None):
         results.append(summarise(name, fold_metrics, where.summary() if where else None))
         oof[name] = oof_proba
     results += prior_rows(X, masks, available, splits, grid)
-    return results, oof, overlay, fit_speed, splits
+    tested = np.sort(np.concatenate([test for _, test in splits]))
+    by_read = pneumonia_by_read(oof, tested, y, data.get("rsna_class"), data.target_names)
+    return results, oof, overlay, fit_speed, splits, by_read
 
 
 def prior_rows(X, masks, available, splits, grid):
@@ -402,6 +435,18 @@ def markdown_report(res: dict) -> str:
         if loc:
             lines.append(f"| {r['model']} — {loc['source']} | {loc['images']} | {100 * loc['focus']:.1f}% | "
                          f"{100 * loc['area']:.1f}% | {loc['lift']:.2f}× | {100 * loc['pointing_game']:.0f}% |")
+    by_read = res.get("pneumonia_by_read") or []
+    if by_read:
+        n = {read: next((r[read]["images"] for r in by_read if read in r), 0) for read in (*READS, "all")}
+        lines += ["", "Pneumonia vs normal by an independent radiologist read: macro-AUC above ranks the NIH labels, and "
+                  "many NIH \"Pneumonia\" images show no lung opacity to the RSNA challenge's radiologists. "
+                  f"AUC of the pneumonia probability, each group of held-out pneumonia images against all "
+                  f"{by_read[0]['normals']} held-out normal ones:", "",
+                  f"| model | RSNA: lung opacity ({n['opacity']}) | RSNA: no opacity ({n['no opacity']}) | "
+                  f"not read by RSNA ({n['not read']}) | all pneumonia ({n['all']}) |", "|---|---|---|---|---|"]
+        for r in by_read:
+            cells = " | ".join(f"{100 * r[read]['auc']:.1f}" if read in r else "–" for read in (*READS, "all"))
+            lines.append(f"| {r['model']} | {cells} |")
     lines += ["", "| speed | images/s | reference images/s | ratio |", "|---|---|---|---|"]
     for sp in res["speed"]:
         ref_v = "–" if sp.get("reference") is None else f"{sp['reference']:.1f}"
@@ -519,17 +564,19 @@ def main(argv=None):
         rng = np.random.RandomState(args.seed)
         keep = np.sort(np.concatenate([rng.choice(np.flatnonzero(data.target == c), p["subsample"] // 3, replace=False)
                                        for c in range(3)]))
-        for key in ("images", "masks", "mask_available", "target", "groups"):
+        for key in ("images", "masks", "mask_available", "target", "groups", "rsna_class"):
             data[key] = data[key][keep]
     log(f"data: {len(data.target)} images, {int(data.mask_available.sum())} with masks")
 
-    quality, oof, att_examples, fit_speed, _ = run_quality(data, p, device, args.seed, out, only=args.models)
+    quality, oof, att_examples, fit_speed, _, by_read = run_quality(data, p, device, args.seed, out,
+                                                                     only=args.models)
     speed = [] if args.skip_speed else run_speed(data, p, device, args.seed)
     res = {
         "machine": machine_info(device),
         "profile": args.profile,
         "settings": p,
         "quality": quality,
+        "pneumonia_by_read": by_read,
         "reference": REFERENCE,
         "speed": speed,
         "fit_speed": fit_speed,

@@ -93,11 +93,36 @@ def test_benchmark_harness_end_to_end(tmp_path):
     for loc in list(where.values()) + priors:
         assert loc["images"] > 0 and 0 <= loc["pointing_game"] <= 1
         assert loc["lift"] == pytest.approx(loc["focus"] / loc["area"])
+    by_read = {r["model"][:2]: r for r in saved["pneumonia_by_read"]}
+    assert list(by_read) == ["1.", "2.", "6."] and all(0 <= r["all"]["auc"] <= 1 for r in by_read.values())
+    assert "independent radiologist read" in (tmp_path / "results.md").read_text()
     assert {s["name"].split(" ")[0] for s in saved["speed"]} >= {"train", "predict", "DICOM"}
     assert all(s["images_per_s"] > 0 for s in saved["speed"])
     for name in ("results.md", "confusion_matrix.png", "roc.png", "attention_overlays.png", "ablation.png"):
         assert (tmp_path / name).exists(), name
     assert res["machine"]["cores"] >= 1
+
+
+def test_benchmark_pneumonia_by_radiologist_read():
+    """The by-read table ranks each RSNA group of pneumonia images against all held-out normals."""
+    run = load_script(ROOT / "benchmarks" / "run.py")
+    names = ["covid19", "normal", "pneumonia"]
+    y = np.array([1, 1, 1, 2, 2, 2, 2, 0])
+    read = np.array(["", "Normal", "", "Lung Opacity", "Lung Opacity", "Normal", "", ""], dtype=object)
+    # pneumonia probabilities: the opacity images above every normal, the RSNA-"Normal" one below them all
+    p_pneu = np.array([0.2, 0.3, 0.4, 0.9, 0.8, 0.1, 0.35, 0.0])
+    proba = np.stack([np.zeros(8), 1 - p_pneu, p_pneu], axis=1)
+    tested = np.arange(8)
+    (row,) = run.pneumonia_by_read({"m": proba}, tested, y, read, names)
+    assert row["normals"] == 3
+    assert row["opacity"] == {"images": 2, "auc": 1.0}
+    assert row["no opacity"] == {"images": 1, "auc": 0.0}
+    assert row["not read"] == {"images": 1, "auc": pytest.approx(2 / 3)}  # 0.35 beats the normals at 0.2 and 0.3
+    assert row["all"]["images"] == 4 and row["all"]["auc"] == pytest.approx((3 + 3 + 0 + 2) / 12)
+    # only the held-out images count; without RSNA reads (another data set) there is no table
+    (part,) = run.pneumonia_by_read({"m": proba}, np.array([0, 1, 3]), y, read, names)
+    assert part["normals"] == 2 and set(part) == {"model", "normals", "opacity", "all"}
+    assert run.pneumonia_by_read({"m": proba}, tested, y, None, names) == []
 
 
 def test_benchmark_harness_shared_pieces(tmp_path):
