@@ -27,6 +27,7 @@ the main benchmark (``benchmarks/run.py``) LD rows in the shape of its ``model_r
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -162,6 +163,8 @@ def evaluate(args):
     seconds = {"ld_pretrain": 0.0, "simclr_pretrain": 0.0}
     t_start = time.perf_counter()
     for fold, (train, test) in enumerate(patient_folds(X, y, groups, args.folds, args.seed)):
+        if args.only_folds and fold + 1 not in args.only_folds:
+            continue
         log(f"fold {fold + 1}/{args.folds}: {len(train)} train / {len(test)} test images")
         t0 = time.perf_counter()
         ld = _ld(p, device, args.seed).fit(X[train])
@@ -260,13 +263,15 @@ def main(argv=None):
     ap.add_argument("--subsample", type=int, default=0, help="keep this many images (all masked ones kept); 0: all")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--only-folds", type=int, nargs="+", default=None,
+                    help="run only these folds (1-based), e.g. to run folds in parallel processes")
     ap.add_argument("--out", default=str(HERE / "results" / "local_discrimination"),
                     help="folder for results.json / results.md (rewritten after every fold); '' writes nothing")
     args = ap.parse_args(argv)
     import torch
 
-    if not torch.cuda.is_available():
-        torch.set_num_threads(2)
+    if not torch.cuda.is_available() and "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(2)  # an explicit OMP_NUM_THREADS wins (one thread per parallel fold)
     res = evaluate(args)
     print(markdown(res))
     return res
