@@ -268,6 +268,9 @@ def main(argv=None):
     ap.add_argument("--out", default=str(HERE / "results" / "local_discrimination"),
                     help="folder for results.json / results.md (rewritten after every fold); '' writes nothing")
     args = ap.parse_args(argv)
+    outside = sorted(set(args.only_folds or ()) - set(range(1, args.folds + 1)))
+    if outside:  # caught before the data loads: a run that selects no fold would train nothing
+        ap.error(f"--only-folds {' '.join(map(str, outside))}: folds are numbered 1 to --folds ({args.folds}).")
     import torch
 
     if not torch.cuda.is_available() and "OMP_NUM_THREADS" not in os.environ:
