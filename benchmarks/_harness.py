@@ -16,7 +16,7 @@ import numpy as np
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score, recall_score, roc_auc_score
 from sklearn.model_selection import StratifiedGroupKFold
 
-__all__ = ["fold_summary", "log", "patient_folds", "quality_metrics", "write_results"]
+__all__ = ["check_fold_ids", "fold_summary", "log", "patient_folds", "quality_metrics", "write_results"]
 
 
 def log(msg: str) -> None:
@@ -30,6 +30,16 @@ def patient_folds(X, y, groups, n_splits: int, seed: int = 0) -> list:
     Stratified on ``y``, grouped by ``groups`` (patients): no patient is in a training and a test fold.
     """
     return list(StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed).split(X, y, groups))
+
+
+def check_fold_ids(parser, fold_ids, n_splits: int) -> None:
+    """Stop with ``parser``'s usage error when ``--fold-ids`` names a fold outside ``0 .. n_splits - 1``.
+
+    Call it before the data loads: a run that selects no fold would train nothing and then fail.
+    """
+    outside = sorted(set(fold_ids or ()) - set(range(n_splits)))
+    if outside:
+        parser.error(f"--fold-ids {' '.join(map(str, outside))}: folds are numbered 0 to {n_splits - 1}.")
 
 
 def quality_metrics(y_true, proba, classes, target_names=None) -> dict:

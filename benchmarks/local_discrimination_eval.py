@@ -43,7 +43,7 @@ from sklearn.linear_model import LogisticRegression  # noqa: E402
 from sklearn.pipeline import make_pipeline  # noqa: E402
 from sklearn.preprocessing import StandardScaler  # noqa: E402
 
-from _harness import fold_summary, log, patient_folds, quality_metrics, write_results  # noqa: E402
+from _harness import check_fold_ids, fold_summary, log, patient_folds, quality_metrics, write_results  # noqa: E402
 
 
 class PretrainThenFineTune(ClassifierMixin, BaseEstimator):
@@ -163,7 +163,7 @@ def evaluate(args):
     seconds = {"ld_pretrain": 0.0, "simclr_pretrain": 0.0}
     t_start = time.perf_counter()
     for fold, (train, test) in enumerate(patient_folds(X, y, groups, args.folds, args.seed)):
-        if args.only_folds and fold + 1 not in args.only_folds:
+        if args.fold_ids is not None and fold not in args.fold_ids:
             continue
         log(f"fold {fold + 1}/{args.folds}: {len(train)} train / {len(test)} test images")
         t0 = time.perf_counter()
@@ -263,14 +263,12 @@ def main(argv=None):
     ap.add_argument("--subsample", type=int, default=0, help="keep this many images (all masked ones kept); 0: all")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--only-folds", type=int, nargs="+", default=None,
-                    help="run only these folds (1-based), e.g. to run folds in parallel processes")
+    ap.add_argument("--fold-ids", type=int, nargs="+", default=None,
+                    help="run only these folds (0-based; the log counts from 1), e.g. in parallel processes")
     ap.add_argument("--out", default=str(HERE / "results" / "local_discrimination"),
                     help="folder for results.json / results.md (rewritten after every fold); '' writes nothing")
     args = ap.parse_args(argv)
-    outside = sorted(set(args.only_folds or ()) - set(range(1, args.folds + 1)))
-    if outside:  # caught before the data loads: a run that selects no fold would train nothing
-        ap.error(f"--only-folds {' '.join(map(str, outside))}: folds are numbered 1 to --folds ({args.folds}).")
+    check_fold_ids(ap, args.fold_ids, args.folds)
     import torch
 
     if not torch.cuda.is_available() and "OMP_NUM_THREADS" not in os.environ:

@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _harness import patient_folds, quality_metrics, write_results  # noqa: E402
+from _harness import check_fold_ids, patient_folds, quality_metrics, write_results  # noqa: E402
 
 from dp_sklearn.datasets import load_cxr1k  # noqa: E402
 from dp_sklearn.estimators.mask_attention import MaskAttentionClassifier  # noqa: E402
@@ -126,6 +126,7 @@ def main(argv=None):
             write_results(args.out, {"args": [run["args"] for run in runs], "folds": folds, "summary": summary})
         return summary
 
+    check_fold_ids(parser, args.fold_ids, args.n_splits)
     data = load_cxr1k(image_size=args.image_size)
     params = dict(
         backbone=args.backbone, image_size=args.image_size, max_epochs=args.epochs, batch_size=args.batch_size,

@@ -125,6 +125,20 @@ def test_benchmark_pneumonia_by_radiologist_read():
     assert run.pneumonia_by_read({"m": proba}, tested, y, None, names) == []
 
 
+@pytest.mark.parametrize("script, argv, message", [
+    ("local_discrimination_eval.py", ["--folds", "3", "--fold-ids", "1", "3", "4", "--out", ""],
+     "--fold-ids 3 4: folds are numbered 0 to 2."),
+    ("mask_attention_eval.py", ["--n-splits", "5", "--fold-ids", "0", "7", "5"],
+     "--fold-ids 5 7: folds are numbered 0 to 4."),
+])
+def test_benchmark_fold_ids_outside_the_split_are_refused(script, argv, message, capsys):
+    """--fold-ids names folds 0..n-1 (0-based, one spelling for the benchmark scripts); a fold outside them
+    stops the script with a usage error before any data loads (it used to run nothing and then fail)."""
+    with pytest.raises(SystemExit) as err:
+        load_script(ROOT / "benchmarks" / script).main(argv)
+    assert err.value.code == 2
+    assert message in capsys.readouterr().err
+
 def test_benchmark_harness_shared_pieces(tmp_path):
     """benchmarks/_harness.py: patient-grouped folds, the quality metrics, mean ± std, the result files."""
     harness = load_script(ROOT / "benchmarks" / "_harness.py")

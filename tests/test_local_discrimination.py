@@ -399,17 +399,3 @@ def test_benchmark_rows_build_unfitted_estimators():
     assert fine.pretrainer.max_epochs == 2 and fine.classifier.max_epochs == 1
     assert fine.pretrainer.stage1_epochs == 1 and clone(fine).classifier.backbone == "resnet10_half"
 
-
-def test_benchmark_only_folds_outside_the_split_is_refused(capsys):
-    """--only-folds names folds 1..--folds; one outside them stops the script before any data loads."""
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parent.parent / "benchmarks" / "local_discrimination_eval.py"
-    spec = importlib.util.spec_from_file_location("local_discrimination_eval", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    with pytest.raises(SystemExit) as err:
-        mod.main(["--folds", "3", "--only-folds", "2", "4", "0", "--out", ""])
-    assert err.value.code == 2
-    assert "--only-folds 0 4: folds are numbered 1 to --folds (3)" in capsys.readouterr().err
