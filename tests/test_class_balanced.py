@@ -6,10 +6,8 @@ Pins: the closed-form weights and their limits, the reference code's loss conven
 class-balanced weighting improves a linear model at an imbalance factor of 10.
 """
 
-import importlib.util
 import math
 import pickle
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -28,6 +26,7 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.svm import LinearSVC
 from sklearn.utils.estimator_checks import parametrize_with_checks
 from torch import nn
+from _scripts import load_script
 from torch.utils.data import DataLoader, TensorDataset
 
 from dp_sklearn.estimators.class_balanced import (
@@ -507,14 +506,6 @@ def test_sampler_plugs_into_skorch():
 # ------------------------------------------------------------------- real data
 
 
-def _load_benchmark():
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "class_balanced_imbalance.py"
-    spec = importlib.util.spec_from_file_location("class_balanced_imbalance", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_class_balanced_weighting_helps_at_imbalance_10_on_cxr1k():
     """cxr1k normal vs covid19, covid19 subsampled to 1/10 of normal in the training
     folds only (3-fold patient-grouped CV, 24x24 pixels, all seeds fixed).
@@ -523,7 +514,7 @@ def test_class_balanced_weighting_helps_at_imbalance_10_on_cxr1k():
     covid19 recall 0.781; ClassBalancedWeighting(beta=0.999) 0.920 and 0.870.
     Asserted with smaller margins (+0.015 and +0.04).
     """
-    bench = _load_benchmark()
+    bench = load_script("benchmarks/class_balanced_imbalance.py")
     X, y, groups = bench.load_pixels(24, bench.TASKS["binary"])
     assert X.shape == (624, 576) and (y == "covid19").sum() == 124
     res = bench.run_experiment(X, y, groups, n_splits=3, imbalance=10, betas=(0.999,),

@@ -1,22 +1,12 @@
 """The examples, the command line and the benchmark harness run end to end at a tiny size."""
 
 import csv
-import importlib.util
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 import sklearn
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def load_script(path):
-    spec = importlib.util.spec_from_file_location(path.stem, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from _scripts import ROOT, load_script
 
 
 @pytest.mark.parametrize(

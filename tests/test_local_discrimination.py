@@ -14,6 +14,7 @@ from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
+from _scripts import load_script
 
 from dp_sklearn.estimators.local_discrimination import LocalDiscriminationPretrainer, cluster_dice
 from dp_sklearn.estimators.mask_attention import MaskAttentionClassifier
@@ -384,13 +385,7 @@ def test_ld_clusters_overlap_lesions_better_than_random_init(cxr64):
 
 def test_benchmark_rows_build_unfitted_estimators():
     """benchmarks/local_discrimination_eval.rows has the shape of run.py's model_rows."""
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parent.parent / "benchmarks" / "local_discrimination_eval.py"
-    spec = importlib.util.spec_from_file_location("local_discrimination_eval", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_script("benchmarks/local_discrimination_eval.py")
     p = dict(image_size=32, backbone="resnet10_half", epochs=1, pretrain_epochs=2, batch_size=4, lr=1e-3)
     rows = mod.rows(p, "cpu", 0)
     assert [kind for _, _, kind in rows] == ["sklearn", "cnn"]
